@@ -1,0 +1,55 @@
+"""The contract every batched torch corruption follows, and the table that collects them.
+
+An implementation receives float32 images in [0, 1] of shape (B, 3, H, W) on any device, the
+per-severity parameter ``c`` taken from its profile table (exactly the value Hendrycks' generator
+indexes with ``[severity - 1]``), and one CPU ``torch.Generator`` per image. It returns float32
+images of the same shape in [0, 1] (values outside are clipped by the caller, which then
+truncates to uint8 as the reference generators do with ``np.uint8``).
+
+Randomness is drawn per image from its own generator on the CPU and then moved to the images'
+device, so the output of one image never depends on the rest of the batch, and CPU and GPU runs
+see the same random numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..registry import validate
+
+CorruptionFn = Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor]
+
+#: profile name -> the generator script whose tables it copies, and the image side it was made for.
+PROFILE_SIZES: dict[str, int] = {"imagenet": 224, "tinyimagenet": 64, "cifar": 32}
+
+
+@dataclass(frozen=True)
+class TorchCorruption:
+    """One corruption: its implementation and its per-severity parameters for every profile."""
+
+    name: str
+    fn: CorruptionFn
+    params: dict[str, tuple[Any, ...]]  # profile -> 5 entries, severity 1..5
+
+    def param(self, profile: str, severity: int) -> Any:
+        return self.params[profile][severity - 1]
+
+
+IMPLEMENTATIONS: dict[str, TorchCorruption] = {}
+
+
+def register(name: str, params: dict[str, Sequence[Any]]) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Register ``fn`` as the torch implementation of ``name`` with its profile tables."""
+    validate(name)
+    missing = set(PROFILE_SIZES) - set(params)
+    if missing or any(len(v) != 5 for v in params.values()):
+        raise ValueError(f"{name}: need 5 parameters for each profile {sorted(PROFILE_SIZES)}")
+
+    def decorator(fn: CorruptionFn) -> CorruptionFn:
+        IMPLEMENTATIONS[name] = TorchCorruption(name, fn, {k: tuple(v) for k, v in params.items()})
+        return fn
+
+    return decorator
