@@ -1,0 +1,146 @@
+"""Blur corruptions: defocus, glass, motion, zoom (benchmark) and Gaussian blur (extra).
+
+Per-severity tables are copied from Hendrycks' generators (make_imagenet_c.py,
+make_tinyimagenet_c.py, make_cifar_c.py); the math follows the installed ``imagecorruptions``
+package, whose kernel-based motion blur replaces the generators' ImageMagick call.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .base import register
+from .kernels import clipped_zoom, disk_kernel, filter2d, gaussian_blur as _gaussian, motion_kernel
+
+
+def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """The generators' ``np.arange`` zoom factors, float for float (same accumulation)."""
+    return tuple(float(z) for z in np.arange(start, stop, step))
+
+
+@register("defocus_blur", params={
+    "imagenet": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)],
+    "tinyimagenet": [(0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)],
+    "cifar": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+})
+def defocus_blur(x: torch.Tensor, c: tuple[float, float],
+                 generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Anti-aliased disk of radius ``c[0]`` (cv2.filter2D, reflect-101 border)."""
+    return filter2d(x, disk_kernel(c[0], c[1])).clamp(0, 1)
+
+
+@register("glass_blur", params={
+    "imagenet": [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)],
+    "tinyimagenet": [(0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)],
+    "cifar": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+})
+def glass_blur(x: torch.Tensor, c: tuple[float, int, int],
+               generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Blur, quantise to uint8, locally scramble pixels, blur again.
+
+    The scramble is the reference's sequential loop run exactly (see :func:`_scramble_map`),
+    not an approximation; only the order of the random draws differs.
+    """
+    sigma, delta, iterations = c
+    b, _, h, w = x.shape
+    # uint8 truncation of the reference; the epsilon keeps flat areas at their own level
+    # where float rounding would otherwise push them one level down.
+    q = torch.floor(_gaussian(x, sigma) * 255 + 1e-4).clamp(0, 255) / 255
+    source = torch.arange(h * w, device=x.device).expand(b, -1)
+    for _ in range(iterations):
+        shifts = torch.stack([
+            torch.randint(-delta, delta, (max(h - 2 * delta, 0), max(w - 2 * delta, 0), 2),
+                          generator=g) for g in generators]).to(x.device)
+        source = source.gather(1, _scramble_map(shifts, h, w, delta))
+    q = q.flatten(2).gather(2, source.unsqueeze(1).expand(-1, x.shape[1], -1)).view_as(x)
+    return _gaussian(q, sigma).clamp(0, 1)
+
+
+def _scramble_map(shifts: torch.Tensor, h: int, w: int, delta: int) -> torch.Tensor:
+    """Source index of every pixel after one pass of the reference's pixel "swap" loop.
+
+    The reference visits rows ``h - delta .. delta + 1`` and, inside, columns
+    ``w - delta .. delta + 1`` in descending order, doing ``x[p], x[s] = x[s], x[p]`` with
+    ``s = p + (dy, dx)``. On NumPy arrays the right-hand sides are views, so this is a copy
+    ``x[p] = x[s]`` (the pixel at ``s`` is unchanged; verified on imagecorruptions). Each pixel
+    is written once, at its own turn, so its final value is ``s``'s original value when ``s`` is
+    visited later (or never), else the final value of ``s``: a forest of pointers towards
+    earlier-visited pixels, resolved here by pointer jumping in O(log chain) batched gathers.
+    ``shifts`` is (B, rows, cols, 2) of (dx, dy) in ``[-delta, delta)``, indexed by visit order.
+    """
+    b = shifts.shape[0]
+    device = shifts.device
+    ident = torch.arange(h * w, device=device).expand(b, -1).clone()
+    rows, cols = shifts.shape[1:3]
+    if rows == 0 or cols == 0:
+        return ident
+    # visit rank r*cols + k is pixel (h - delta - r, w - delta - k)
+    r = torch.arange(rows, device=device).view(1, -1, 1)
+    k = torch.arange(cols, device=device).view(1, 1, -1)
+    py, px = h - delta - r, w - delta - k
+    sy, sx = py + shifts[..., 1], px + shifts[..., 0]
+    s_r, s_k = h - delta - sy, w - delta - sx
+    visited_before = ((s_r >= 0) & (s_r < rows) & (s_k >= 0) & (s_k < cols)
+                      & (s_r * cols + s_k < r * cols + k))
+    p = (py * w + px).expand(b, -1, -1).reshape(b, -1)
+    s = (sy * w + sx).reshape(b, -1)
+    before = visited_before.reshape(b, -1)
+    pointer = ident.clone()
+    pointer.scatter_(1, p, torch.where(before, s, p))
+    value = ident.clone()
+    value.scatter_(1, p, torch.where(before, p, s))
+    while True:
+        jumped = pointer.gather(1, pointer)
+        if torch.equal(jumped, pointer):
+            break
+        pointer = jumped
+    return value.gather(1, pointer)
+
+
+@register("motion_blur", params={
+    "imagenet": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+    "tinyimagenet": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],
+    "cifar": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+})
+def motion_blur(x: torch.Tensor, c: tuple[int, float],
+                generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One-sided Gaussian streak of ``2 * radius + 1`` taps at an angle in U(-45, 45) degrees."""
+    return streak(x, c[0], c[1], [torch.rand((), generator=g).item() * 90 - 45
+                                  for g in generators]).clamp(0, 1)
+
+
+def streak(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
+    """The reference's motion blur with one angle per image (edge-replicated borders)."""
+    h, w = x.shape[-2:]
+    kernels = torch.stack([motion_kernel(radius, sigma, a, h, w) for a in angles])
+    return filter2d(x, kernels, mode="nearest")
+
+
+@register("zoom_blur", params={
+    "imagenet": [_arange(1, 1.11, 0.01), _arange(1, 1.16, 0.01), _arange(1, 1.21, 0.02),
+                 _arange(1, 1.26, 0.02), _arange(1, 1.31, 0.03)],
+    "tinyimagenet": [_arange(1, 1.06, 0.01), _arange(1, 1.11, 0.01), _arange(1, 1.16, 0.01),
+                     _arange(1, 1.21, 0.01), _arange(1, 1.26, 0.01)],
+    "cifar": [_arange(1, 1.06, 0.01), _arange(1, 1.11, 0.01), _arange(1, 1.16, 0.01),
+              _arange(1, 1.21, 0.01), _arange(1, 1.26, 0.01)],
+})
+def zoom_blur(x: torch.Tensor, c: Sequence[float],
+              generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Average of the image and its centre zooms by each factor in ``c``."""
+    out = x.clone()
+    for zoom in c:
+        out += clipped_zoom(x, zoom)
+    return (out / (len(c) + 1)).clamp(0, 1)
+
+
+@register("gaussian_blur", params={
+    "imagenet": [1, 2, 3, 4, 6],
+    "tinyimagenet": [.5, .75, 1, 1.25, 1.5],
+    "cifar": [.4, .6, 0.7, .8, 1],
+})
+def gaussian_blur(x: torch.Tensor, c: float,
+                  generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``skimage.filters.gaussian(sigma=c)``: truncate 4, nearest border."""
+    return _gaussian(x, c).clamp(0, 1)

@@ -1,0 +1,261 @@
+"""Shared building blocks of the blur, weather and geometric corruptions, written once.
+
+Each piece reproduces the NumPy/SciPy/OpenCV primitive the reference generators call, with the
+same border semantics, so the batched torch corruptions agree with the reference:
+
+* ``gaussian_blur``: ``scipy.ndimage.gaussian_filter`` (hence ``skimage.filters.gaussian``),
+  radius ``int(truncate * sigma + 0.5)``, any of SciPy's ``nearest`` / ``reflect`` / ``mirror``.
+* ``filter2d``: ``cv2.filter2D`` (correlation, default border ``BORDER_REFLECT_101``), with one
+  kernel for the batch or one per image, through the FFT so long motion kernels stay cheap.
+* ``disk_kernel`` / ``motion_kernel``: the defocus disk and the kernel-based motion blur of the
+  reference.
+* ``plasma_fractal``: the diamond-square height map behind fog, batched over images.
+* ``clipped_zoom``: ``scipy.ndimage.zoom(order=1)`` of a centre crop.
+* ``sample_bilinear``: ``scipy.ndimage.map_coordinates(order=1)`` with SciPy's border modes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: SciPy border modes used by the reference: 'nearest' (aaa|abc|ccc), 'reflect' (cba|abc|cba,
+#: half-sample symmetric) and 'mirror' (cb|abc|ba, OpenCV's BORDER_REFLECT_101).
+BORDER_MODES = ("nearest", "reflect", "mirror")
+
+
+def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Map integer positions (possibly outside ``[0, size)``) to in-range ones for ``mode``.
+
+    Works for any distance outside the image (periodic continuation of the reflections), which
+    matters when a Gaussian is wider than the image, as with large elastic sigmas.
+    """
+    if mode == "nearest":
+        return index.clamp(0, size - 1)
+    if mode == "reflect":
+        period = 2 * size
+        index = torch.remainder(index, period)
+        return torch.where(index >= size, period - 1 - index, index)
+    if mode == "mirror":
+        if size == 1:
+            return torch.zeros_like(index)
+        period = 2 * size - 2
+        index = torch.remainder(index, period)
+        return torch.where(index >= size, period - index, index)
+    raise ValueError(f"unknown border mode '{mode}', choose from {BORDER_MODES}")
+
+
+def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
+    """Pad the last two dimensions by index mapping, for any pad width and SciPy border mode."""
+    h, w = x.shape[-2:]
+    rows = border_index(torch.arange(-top, h + bottom, device=x.device), h, mode)
+    cols = border_index(torch.arange(-left, w + right, device=x.device), w, mode)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """SciPy's sampled, normalised Gaussian (float64), radius ``int(truncate * sigma + 0.5)``."""
+    radius = int(truncate * float(sigma) + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def _filter1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
+    """Correlate dimension ``dim`` (-1 or -2) of ``x`` with an odd 1-D kernel under ``mode``.
+
+    The filter and its border handling form one n x n matrix (taps beyond the line fold back
+    through :func:`border_index`, so kernels wider than the image are exact too); a matrix
+    product is also far faster than a depthwise convolution on CPU.
+    """
+    n = x.shape[dim]
+    r = (kernel.numel() - 1) // 2
+    positions = torch.arange(n, device=x.device).view(-1, 1) + torch.arange(
+        -r, r + 1, device=x.device).view(1, -1)
+    matrix = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    weights = kernel.to(device=x.device, dtype=x.dtype).expand(n, -1).contiguous()
+    matrix.scatter_add_(1, border_index(positions, n, mode), weights)
+    return (matrix @ x) if dim == -2 else (x @ matrix.T)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "nearest",
+                  truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian of (N, C, H, W) over H and W, as ``gaussian_filter`` per channel.
+
+    ``sigma == 0`` returns ``x`` unchanged, as SciPy skips the axis.
+    """
+    if float(sigma) <= 1e-15:
+        return x
+    kernel = gaussian_kernel1d(sigma, truncate).to(x.device)
+    return _filter1d(_filter1d(x, kernel, -2, mode), kernel, -1, mode)
+
+
+def _trim_zero_border(kernel: torch.Tensor) -> torch.Tensor:
+    """Drop all-zero outer rows/columns symmetrically so the kernel's centre is unchanged."""
+    while kernel.shape[-1] > 1 and kernel.shape[-2] > 1 and not (
+        kernel[..., 0, :].any() or kernel[..., -1, :].any()
+        or kernel[..., :, 0].any() or kernel[..., :, -1].any()
+    ):
+        kernel = kernel[..., 1:-1, 1:-1]
+    return kernel
+
+
+def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> torch.Tensor:
+    """``cv2.filter2D`` of every channel of (B, C, H, W): correlation with an odd-sized kernel.
+
+    ``kernel`` is (kh, kw) for the whole batch or (B, kh, kw), one per image (random motion
+    angles). Computed through the FFT of the padded image (in ``x``'s precision, at least
+    float32), so the cost does not grow with the kernel size (motion kernels reach 81 x 81).
+    Default border: OpenCV's BORDER_REFLECT_101.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    kernel = _trim_zero_border(kernel.to(device=x.device, dtype=dtype))
+    kh, kw = kernel.shape[-2:]
+    ry, rx = kh // 2, kw // 2
+    xp = pad2d(x, ry, ry, rx, rx, mode)
+    h, w = x.shape[-2:]
+    hp, wp = xp.shape[-2:]
+    if kernel.dim() == 3:
+        kernel = kernel.unsqueeze(1)  # (B, 1, kh, kw): one kernel for all channels of an image
+    spectrum = torch.fft.rfft2(xp.to(dtype)) * torch.fft.rfft2(kernel, s=(hp, wp)).conj()
+    return torch.fft.irfft2(spectrum, s=(hp, wp))[..., :h, :w].to(x.dtype)
+
+
+def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """The reference's anti-aliased defocus disk (float64).
+
+    A binary disk on a grid of half-width ``max(8, radius)``, normalised, then smoothed like
+    ``cv2.GaussianBlur(ksize=3 or 5, sigmaX=alias_blur)`` with OpenCV's default reflect-101 border.
+    """
+    if radius <= 8:
+        half, ksize = 8, 3
+    else:
+        half, ksize = int(radius), 5
+    grid = torch.arange(-half, half + 1, dtype=torch.float64)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    disk = ((xx**2 + yy**2) <= radius**2).double()
+    disk = disk / disk.sum()
+    t = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
+    g = torch.exp(-(t**2) / (2 * alias_blur**2))
+    g = g / g.sum()
+    return _filter1d(_filter1d(disk, g, -2, "mirror"), g, -1, "mirror")
+
+
+def motion_kernel(radius: int, sigma: float, angle_deg: float, height: int,
+                  width: int) -> torch.Tensor:
+    """Correlation kernel equivalent to the reference's shift-and-add motion blur.
+
+    The reference adds ``width = 2 * radius + 1`` copies of the image, copy ``i`` weighted by a
+    one-sided Gaussian ``exp(-i^2 / 2 sigma^2)`` (normalised) and shifted by ``i`` pixels along
+    ``angle`` with edge replication; it stops (without renormalising) at the first shift as large
+    as the image. With a replicate-padded input this is one correlation with the returned
+    (2 * width - 1)-square kernel (float64).
+    """
+    taps = 2 * radius + 1
+    i = torch.arange(taps, dtype=torch.float64)
+    weights = torch.exp(-(i**2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    rad = math.radians(angle_deg)
+    kernel = torch.zeros(2 * taps - 1, 2 * taps - 1, dtype=torch.float64)
+    for k in range(taps):
+        dy = -math.ceil(k * math.sin(rad) - 0.5)
+        dx = -math.ceil(k * math.cos(rad) - 0.5)
+        if abs(dy) >= height or abs(dx) >= width:
+            break
+        # a shift by (dy, dx) reads the source pixel at offset (-dy, -dx)
+        kernel[taps - 1 - dy, taps - 1 - dx] += weights[k]
+    return kernel
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 2 ** (n - 1).bit_length()
+
+
+def plasma_fractal(mapsize: int, wibbledecay: float, generators: Sequence[torch.Generator],
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Diamond-square height maps in [0, 1], one (mapsize, mapsize) map per generator.
+
+    Same recursion as the reference (float32, perturbations ``wibble * U(-wibble, wibble)``,
+    ``wibble`` divided by ``wibbledecay`` per level, wrap-around neighbours), run for the whole
+    batch at once; each image's uniforms come from its own generator.
+    """
+    if mapsize & (mapsize - 1):
+        raise ValueError(f"mapsize must be a power of two, got {mapsize}")
+    b = len(generators)
+    levels = []
+    step = mapsize
+    while step >= 2:
+        levels.append(mapsize // step)
+        step //= 2
+    total = sum(3 * n * n for n in levels)
+    draws = torch.stack([torch.rand(total, generator=g) for g in generators]).to(device)
+    noise = draws * 2 - 1  # U(-1, 1)
+    m = torch.zeros(b, mapsize, mapsize, device=device)
+    step, wibble, used = mapsize, 100.0, 0
+
+    def wibbled_mean(acc: torch.Tensor) -> torch.Tensor:
+        nonlocal used
+        size = acc.shape[1] * acc.shape[2]
+        u = noise[:, used:used + size].view_as(acc)
+        used += size
+        return acc / 4 + wibble * (wibble * u)
+
+    while step >= 2:
+        half = step // 2
+        corners = m[:, 0::step, 0::step]
+        acc = corners + corners.roll(-1, 1)
+        acc = acc + acc.roll(-1, 2)
+        m[:, half::step, half::step] = wibbled_mean(acc)
+        centres = m[:, half::step, half::step]
+        corners = m[:, 0::step, 0::step]
+        m[:, 0::step, half::step] = wibbled_mean(
+            centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
+        m[:, half::step, 0::step] = wibbled_mean(
+            centres + centres.roll(1, 2) + corners + corners.roll(-1, 1))
+        step //= 2
+        wibble /= wibbledecay
+    m = m - m.amin(dim=(1, 2), keepdim=True)
+    return m / m.amax(dim=(1, 2), keepdim=True)
+
+
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Zoom into the centre of (..., H, W) by ``zoom`` and keep the central H x W.
+
+    As the generators: crop ``ceil(side / zoom)`` pixels from ``(side - crop) // 2``, zoom it
+    like ``scipy.ndimage.zoom(order=1)`` (``round(crop * zoom)`` samples, corners aligned, which
+    is torch's bilinear ``align_corners=True``), trim the excess centrally. For the zoom-blur
+    factors at most one extra pixel appears, so this equals imagecorruptions' top-left trim.
+    """
+    h, w = x.shape[-2:]
+    ch, cw = int(math.ceil(h / zoom)), int(math.ceil(w / zoom))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    oh, ow = int(round(ch * zoom)), int(round(cw * zoom))
+    crop = x[..., top:top + ch, left:left + cw].reshape(-1, 1, ch, cw)
+    out = F.interpolate(crop, size=(oh, ow), mode="bilinear", align_corners=True)
+    th, tw = (oh - h) // 2, (ow - w) // 2
+    return out[..., th:th + h, tw:tw + w].reshape(x.shape)
+
+
+def sample_bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                    mode: str) -> torch.Tensor:
+    """Bilinear samples of (B, C, H, W) at per-image coordinates ``rows``/``cols`` (B, H', W').
+
+    ``map_coordinates(order=1)`` semantics (linear interpolation of the signal extended by the
+    SciPy border ``mode``) through ``grid_sample``: 'nearest' is its 'border' padding, 'mirror'
+    (reflect-101) its reflection about the outer pixel centres (``align_corners=True``), and
+    SciPy's half-sample 'reflect' its reflection about the outer pixel edges
+    (``align_corners=False``), which interpolates the edge-duplicated extension identically.
+    """
+    if mode not in BORDER_MODES:
+        raise ValueError(f"unknown border mode '{mode}', choose from {BORDER_MODES}")
+    h, w = x.shape[-2:]
+    if mode == "mirror":
+        gx, gy = cols * (2 / max(w - 1, 1)) - 1, rows * (2 / max(h - 1, 1)) - 1
+    else:
+        gx, gy = (2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear",
+                         padding_mode="border" if mode == "nearest" else "reflection",
+                         align_corners=mode == "mirror")
