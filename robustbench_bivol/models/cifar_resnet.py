@@ -1,0 +1,155 @@
+"""CIFAR-style ResNets (He et al. 2016, section 4.2): 3 stages of 16/32/64 channels, 32x32 input.
+
+ResNet-20 and ResNet-56 use ``6n+2`` layers with basic blocks. The 3x3 convolution inside each
+block comes from a ``conv3x3`` factory, so every operator family shares this one backbone. The
+stem and the shortcut stay static convolutions for all operators, as in the papers that
+replace only the blocks' spatial convolution.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .registry import register_model
+
+#: ``conv3x3(in_channels, out_channels, stride) -> module``
+ConvFactory = Callable[[int, int, int], nn.Module]
+
+
+def static_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, conv3x3: ConvFactory) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, 1)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:  # option B: projection shortcut
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int = 10, conv3x3: ConvFactory = static_conv3x3,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        layers, in_channels = [], widths[0]
+        for stage, width in enumerate(widths):
+            stage_blocks = []
+            for b in range(blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                stage_blocks.append(BasicBlock(in_channels, width, stride, conv3x3))
+                in_channels = width
+            layers.append(nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model(input_size=32, operator="static", num_classes=10)
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes)
+
+
+@register_model(input_size=32, operator="static", num_classes=10)
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes)
+
+
+# --- dynamic operators: the same backbone with another ``conv3x3`` factory -------------------
+#: Involution / Bi-volution kernel size in the CIFAR drop-ins: 3, the receptive field of the 3x3
+#: conv they replace, so all five operator families see the same neighbourhood (RedNet's 7 is
+#: used by the ImageNet models in :mod:`.rednet`).
+CIFAR_INVOLUTION_KERNEL = 3
+
+
+def condconv_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    from .operators import CondConv2d
+    return CondConv2d(in_channels, out_channels, stride)
+
+
+def dyconv_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    from .operators import DynamicConv2d
+    return DynamicConv2d(in_channels, out_channels, stride)
+
+
+def involution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    from .operators import Involution2d
+    return Involution2d(in_channels, out_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL)
+
+
+def bivolution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    """Full 3x3 static conv + SAKG involution branch (see :class:`.operators.Bivolution2d`)."""
+    from .operators import Bivolution2d
+    return Bivolution2d(in_channels, out_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL)
+
+
+@register_model(input_size=32, operator="condconv", num_classes=10)
+def condconv_resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes, conv3x3=condconv_conv3x3)
+
+
+@register_model(input_size=32, operator="condconv", num_classes=10)
+def condconv_resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes, conv3x3=condconv_conv3x3)
+
+
+@register_model(input_size=32, operator="dyconv", num_classes=10)
+def dyconv_resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes, conv3x3=dyconv_conv3x3)
+
+
+@register_model(input_size=32, operator="dyconv", num_classes=10)
+def dyconv_resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes, conv3x3=dyconv_conv3x3)
+
+
+@register_model(input_size=32, operator="involution", num_classes=10)
+def involution_resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes, conv3x3=involution_conv3x3)
+
+
+@register_model(input_size=32, operator="involution", num_classes=10)
+def involution_resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes, conv3x3=involution_conv3x3)
+
+
+@register_model(input_size=32, operator="bivolution", num_classes=10)
+def bivol_resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes, conv3x3=bivolution_conv3x3)
+
+
+@register_model(input_size=32, operator="bivolution", num_classes=10)
+def bivol_resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes, conv3x3=bivolution_conv3x3)
