@@ -1,0 +1,308 @@
+"""Write a run's reports (CSV, Markdown, JSON, plots) from the tidy table and per-sample results.
+
+Every file is written atomically. Results may cover any subset of corruptions and severities:
+each report is written when it makes sense for the cells present, and a metric that cannot be
+computed (e.g. AlexNet mCE without all 75 cells) is left out with a note in ``summary.json``
+instead of failing the run after hours of evaluation.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from corruptions.registry import BENCHMARK, EXTRA, GROUPS
+
+from . import metrics as M
+from .errors import UsageError
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+GROUP_NAMES = (*GROUPS, "extra")
+MEAN_ROW = "mean"
+
+
+def _pct(value: float) -> float | None:
+    """Percent, rounded for reading; None (JSON null) for undefined values."""
+    return None if value is None or math.isnan(value) else round(100.0 * value, 4)
+
+
+def _pct_pair(pair: tuple[float, float]) -> list[float | None]:
+    return [_pct(pair[0]), _pct(pair[1])]
+
+
+def _markdown(frame: pd.DataFrame, title: str) -> str:
+    """A GitHub-flavoured Markdown table (no optional 'tabulate' dependency)."""
+    frame = frame.reset_index()
+    header = [str(c) for c in frame.columns]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in frame.itertuples(index=False):
+        cells = ["" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(run_dir: Path, stem: str, frame: pd.DataFrame, title: str) -> None:
+    atomic_write_text(run_dir / f"{stem}.csv", frame.to_csv(float_format="%.4f"))
+    atomic_write_text(run_dir / f"{stem}.md", _markdown(frame, title))
+
+
+# ----------------------------------------------------------------------------- tables
+
+def results_table(tidy: pd.DataFrame) -> pd.DataFrame:
+    """The tidy table with errors and their 95% Wilson interval in percent."""
+    table = M.with_cell_ci(tidy)
+    for column in ("error", "ci_low", "ci_high"):
+        table[f"{column} (%)"] = 100.0 * table.pop(column)
+    return table
+
+
+def corruption_error_table(tidy: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Rows: clean, benchmark corruptions, extra corruptions, group means, mean; columns: models."""
+    per_model = {m: M.corruption_errors(tidy, m) for m in models}
+    present = [c for c in BENCHMARK + EXTRA if any(c in per for per in per_model.values())]
+    rows: dict[str, dict[str, float]] = {M.CLEAN: {m: M.clean_error(tidy, m) for m in models}}
+    rows.update({c: {m: per_model[m].get(c, math.nan) for m in models} for c in present})
+    groups = {m: M.group_means(tidy, m) for m in models}
+    for group in GROUP_NAMES:
+        if any(group in g for g in groups.values()):
+            rows[f"{group} (group mean)"] = {m: groups[m].get(group, math.nan) for m in models}
+    if any(c in BENCHMARK for c in present):
+        rows[f"{MEAN_ROW} (benchmark corruptions)"] = {m: M.mean_corruption_error(tidy, m) for m in models}
+    frame = 100.0 * pd.DataFrame.from_dict(rows, orient="index", columns=models)
+    frame.index.name = "corruption"
+    return frame
+
+
+def ce_table(tidy: pd.DataFrame, models: list[str], baseline: str | None,
+             alexnet_normalisation: bool) -> pd.DataFrame:
+    """Rows (measure, corruption) with per-corruption CE and an 'mCE' row per measure; columns:
+    models. Values the metric refuses (incomplete cells) are left empty."""
+    records: list[dict[str, Any]] = []
+
+    def add(measure: str, per_model: dict[str, dict[str, float]], mce: dict[str, float]) -> None:
+        for c in BENCHMARK:
+            if any(c in per for per in per_model.values()):
+                records.append({"measure": measure, "corruption": c,
+                                **{m: 100.0 * per_model[m].get(c, math.nan) for m in models}})
+        records.append({"measure": measure, "corruption": "mCE", **{m: 100.0 * mce[m] for m in models}})
+
+    if alexnet_normalisation:
+        for relative, label in ((False, M.LABEL_CE_ALEXNET), (True, M.LABEL_REL_CE_ALEXNET)):
+            per = {m: M.alexnet_ce(tidy, m, relative=relative) for m in models}
+            if any(per.values()):
+                add(label, per, {m: _or_nan(M.alexnet_mce, tidy, m, relative=relative) for m in models})
+    if baseline is not None:
+        per = {m: _or_empty(M.baseline_ce, tidy, m, baseline) for m in models}
+        if any(per.values()):
+            add(M.label_ce_baseline(baseline), per,
+                {m: _or_nan(lambda t, x: M.baseline_mce(t, x, baseline)[0], tidy, m) for m in models})
+    frame = pd.DataFrame(records, columns=["measure", "corruption", *models])
+    return frame.set_index(["measure", "corruption"])
+
+
+def _or_nan(function: Any, *args: Any, **kwargs: Any) -> float:
+    try:
+        return function(*args, **kwargs)
+    except M.IncompleteResultsError:
+        return math.nan
+
+
+def _or_empty(function: Any, *args: Any) -> dict[str, float]:
+    try:
+        return function(*args)
+    except M.IncompleteResultsError:
+        return {}
+
+
+# ----------------------------------------------------------------------------- summary
+
+def _model_summary(tidy: pd.DataFrame, per_sample: M.PerSample, model: str, baseline: str | None,
+                   alexnet_normalisation: bool, notes: list[str]) -> dict[str, Any]:
+    rows = tidy[tidy["model"] == model]
+    clean = rows[rows["corruption"] == M.CLEAN]
+    entry: dict[str, Any] = {"n images": int(rows["n"].max()) if len(rows) else 0,
+                             M.LABEL_CLEAN: _pct(M.clean_error(tidy, model))}
+    if len(clean):
+        low, high = M.wilson_interval(int(clean["n"].iloc[0] - clean["correct"].iloc[0]), int(clean["n"].iloc[0]))
+        entry[f"{M.LABEL_CLEAN} 95% CI (Wilson)"] = _pct_pair((float(low), float(high)))
+    per = M.corruption_errors(tidy, model)
+    entry[M.LABEL_MEAN_ERROR] = _pct(M.mean_corruption_error(tidy, model))
+    entry[f"{M.LABEL_MEAN_ERROR} 95% CI"] = _pct_pair(M.mean_corruption_error_ci(tidy, per_sample, model))
+    entry["benchmark corruptions in mean"] = [c for c in BENCHMARK if c in per]
+    entry["group means (unnormalised, %)"] = {g: _pct(v) for g, v in M.group_means(tidy, model).items()}
+    if alexnet_normalisation:
+        for relative, label in ((False, M.LABEL_MCE_ALEXNET), (True, M.LABEL_REL_MCE_ALEXNET)):
+            try:
+                entry[label] = _pct(M.alexnet_mce(tidy, model, relative=relative))
+                entry[f"{label} 95% CI"] = _pct_pair(M.alexnet_mce_ci(tidy, per_sample, model, relative=relative))
+            except M.IncompleteResultsError as exc:
+                entry[label] = None
+                notes.append(str(exc))
+                break  # the relative variant needs the same cells and more: one note is enough
+    if baseline is not None:
+        label = M.label_mce_baseline(baseline)
+        try:
+            value, names = M.baseline_mce(tidy, model, baseline)
+            entry[label] = _pct(value)
+            entry[f"{label} 95% CI"] = _pct_pair(M.baseline_mce_ci(tidy, per_sample, model, baseline))
+            entry[f"corruptions in {label}"] = names
+        except M.IncompleteResultsError as exc:
+            entry[label] = None
+            notes.append(str(exc))
+        if model != baseline:
+            entry[f"McNemar vs {baseline}"] = M.mcnemar_vs_baseline(tidy, per_sample, model, baseline)
+    return entry
+
+
+def build_summary(tidy: pd.DataFrame, per_sample: M.PerSample, baseline: str | None,
+                  alexnet_normalisation: bool, command: str) -> dict[str, Any]:
+    models = M.models_of(tidy)
+    if baseline is not None and baseline not in models:
+        raise UsageError(f"baseline '{baseline}' has no results; models: {', '.join(models) or 'none'}")
+    notes: list[str] = []
+    summary: dict[str, Any] = {
+        "command": command,
+        "baseline": baseline,
+        "alexnet_normalisation": alexnet_normalisation,
+        "units": "top-1 error and CE in percent; CIs are 95%",
+        "ci_method": ("cells: Wilson score interval; means and mCE: normal approximation of the "
+                      "per-image linearised statistic (delta method), paired across cells and models"),
+        "models": {m: _model_summary(tidy, per_sample, m, baseline, alexnet_normalisation, notes) for m in models},
+    }
+    summary["notes"] = notes
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A compact terminal table: model, clean error, mean corruption error, one mCE, noise group."""
+    models = summary.get("models", {})
+    baseline = summary.get("baseline")
+    candidates = [M.LABEL_MCE_ALEXNET] if summary.get("alexnet_normalisation") else []
+    candidates += [M.label_mce_baseline(baseline)] if baseline else []
+    mce_label = next((l for l in candidates if any(e.get(l) is not None for e in models.values())), None)
+    header = ["model", M.LABEL_CLEAN, M.LABEL_MEAN_ERROR] + ([mce_label] if mce_label else []) + [M.label_group("noise")]
+    table = [header]
+    for name, entry in models.items():
+        values = [entry.get(M.LABEL_CLEAN), entry.get(M.LABEL_MEAN_ERROR)]
+        values += [entry.get(mce_label)] if mce_label else []
+        values += [entry.get("group means (unnormalised, %)", {}).get("noise")]
+        table.append([name] + ["-" if v is None else f"{v:.2f}" for v in values])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = summary.get("notes", [])
+    if notes:
+        more = f" (and {len(notes) - 1} more note(s) in summary.json)" if len(notes) > 1 else ""
+        lines.append(f"note: {notes[0]}{more}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save(fig: Any, plots: Path, stem: str) -> None:
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
+        atomic_write_bytes(plots / f"{stem}.{fmt}", buffer.getvalue())
+
+
+def _figure(width: float, height: float) -> Any:
+    """A Figure on the Agg canvas, outside pyplot, so no GUI backend or global state is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _grouped_bars(ax: Any, frame: pd.DataFrame, ylabel: str) -> None:
+    """Bars grouped by row (x), one colour per column (model)."""
+    x = np.arange(len(frame.index))
+    width = 0.8 / max(len(frame.columns), 1)
+    for i, model in enumerate(frame.columns):
+        ax.bar(x + (i - (len(frame.columns) - 1) / 2) * width, frame[model].to_numpy(dtype=float), width, label=model)
+    ax.set_xticks(x, [str(i) for i in frame.index], rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+
+
+def _plot_severity(tidy: pd.DataFrame, models: list[str], plots: Path) -> None:
+    names = [c for c in BENCHMARK + EXTRA if c in set(tidy["corruption"])]
+    if not names:
+        return
+    cols = min(5, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = _figure(3.0 * cols, 2.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        for model in models:
+            cells = tidy[(tidy["model"] == model) & (tidy["corruption"].isin([name, M.CLEAN]))].sort_values("severity")
+            ax.plot(cells["severity"], 100.0 * cells["error"], marker="o", label=model)
+        ax.set_title(name, fontsize="small")
+        ax.set_xlabel("severity (0 = clean)")
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("top-1 error (%)")
+    axes.flat[0].legend(fontsize="x-small")
+    _save(fig, plots, "error_vs_severity")
+
+
+def _plot_ce(tidy: pd.DataFrame, models: list[str], ce: pd.DataFrame, plots: Path) -> None:
+    """Bars of the first CE measure available, else of the unnormalised per-corruption error."""
+    if len(ce):
+        measure = ce.index.get_level_values("measure")[0]
+        frame = ce.xs(measure, level="measure").drop(index="mCE")
+        ylabel = measure
+    else:
+        table = corruption_error_table(tidy, models)
+        frame = table.loc[[c for c in table.index if c in BENCHMARK + EXTRA]]
+        ylabel = "mean error over severities (unnormalised, %)"
+    if frame.empty:
+        return
+    fig = _figure(min(14.0, max(6.0, 0.2 * len(frame) * len(models) + 2)), 4.0)
+    _grouped_bars(fig.add_subplot(), frame, ylabel)
+    _save(fig, plots, "ce_by_corruption")
+
+
+def _plot_groups(tidy: pd.DataFrame, models: list[str], plots: Path) -> None:
+    table = corruption_error_table(tidy, models)
+    frame = table.loc[[r for r in table.index if r.endswith("(group mean)") or r.startswith(MEAN_ROW)]]
+    if frame.empty:
+        return
+    frame.index = [r.replace(" (group mean)", "") for r in frame.index]
+    fig = _figure(6.0, 4.0)
+    _grouped_bars(fig.add_subplot(), frame, "mean top-1 error (unnormalised, %)")
+    _save(fig, plots, "group_summary")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def write_reports(run_dir: Path, tidy: pd.DataFrame, *, per_sample: dict, baseline: str | None,
+                  alexnet_normalisation: bool, command: str) -> dict:
+    """Write results.csv, corruption_errors.{csv,md}, ce.{csv,md} (when a normalisation applies),
+    summary.json and plots/*.{png,svg} into ``run_dir``; return the summary."""
+    run_dir = Path(run_dir)
+    models = M.models_of(tidy)
+    summary = build_summary(tidy, per_sample, baseline, alexnet_normalisation, command)
+    atomic_write_text(run_dir / "results.csv", results_table(tidy).to_csv(index=False, float_format="%.4f"))
+    if models:
+        _write_table(run_dir, "corruption_errors", corruption_error_table(tidy, models),
+                     "Top-1 error (%), mean over severities; group means and mean over benchmark corruptions "
+                     "(unnormalised)")
+    ce = ce_table(tidy, models, baseline, alexnet_normalisation)
+    if len(ce):
+        _write_table(run_dir, "ce", ce, "Corruption error (CE, %) per corruption and mCE")
+    atomic_write_json(run_dir / "summary.json", summary)
+    if models:
+        plots = run_dir / "plots"
+        _plot_severity(tidy, models, plots)
+        _plot_ce(tidy, models, ce, plots)
+        _plot_groups(tidy, models, plots)
+    return summary

@@ -1,0 +1,121 @@
+"""Reports: every file is written and its numbers recount from the per-sample arrays."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from corruptions.registry import BENCHMARK, SEVERITIES
+from robustbench_bivol import metrics as M
+from robustbench_bivol.errors import UsageError
+from robustbench_bivol.reports import format_summary, write_reports
+
+
+def _run(models, cells, n=60, seed=0):
+    """Random per-sample correctness and the tidy table counted from it, as the store does."""
+    rng = np.random.default_rng(seed)
+    per_sample, rows = {}, []
+    for i, model in enumerate(models):
+        for c, s in cells:
+            correct = rng.random(n) > 0.15 + 0.1 * s + 0.05 * i
+            per_sample[(model, c, s)] = correct
+            rows.append({"model": model, "corruption": c, "severity": s, "n": n, "correct": int(correct.sum())})
+    tidy = pd.DataFrame(rows)
+    tidy["error"] = 1 - tidy["correct"] / tidy["n"]
+    return tidy, per_sample
+
+
+def _err(per_sample, model, c, s):
+    return 100 * (1 - per_sample[(model, c, s)].mean())
+
+
+PLOTS = ["error_vs_severity", "ce_by_corruption", "group_summary"]
+
+
+def test_small_run_with_baseline(tmp_path):
+    cells = [("clean", 0)] + [(c, s) for c in ("gaussian_noise", "fog") for s in (1, 2)]
+    tidy, ps = _run(["static", "bivol"], cells)
+    summary = write_reports(tmp_path, tidy, per_sample=ps, baseline="static", alexnet_normalisation=False,
+                            command="bivol-robust evaluate")
+    for name in ["results.csv", "corruption_errors.csv", "corruption_errors.md", "ce.csv", "ce.md", "summary.json"]:
+        assert (tmp_path / name).is_file(), name
+    for stem in PLOTS:
+        for fmt in ("png", "svg"):
+            assert (tmp_path / "plots" / f"{stem}.{fmt}").stat().st_size > 0
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == 2 * 5
+    for _, row in results.iterrows():
+        assert row["error (%)"] == pytest.approx(_err(ps, row["model"], row["corruption"], row["severity"]), abs=1e-3)
+        assert row["ci_low (%)"] <= row["error (%)"] <= row["ci_high (%)"]
+
+    wide = pd.read_csv(tmp_path / "corruption_errors.csv", index_col="corruption")
+    assert list(wide.index[:3]) == ["clean", "gaussian_noise", "fog"]
+    for model in ("static", "bivol"):
+        g = np.mean([_err(ps, model, "gaussian_noise", s) for s in (1, 2)])
+        f = np.mean([_err(ps, model, "fog", s) for s in (1, 2)])
+        assert wide.loc["gaussian_noise", model] == pytest.approx(g, abs=1e-3)
+        assert wide.loc["noise (group mean)", model] == pytest.approx(g, abs=1e-3)
+        assert wide.loc["mean (benchmark corruptions)", model] == pytest.approx((g + f) / 2, abs=1e-3)
+        assert summary["models"][model][M.LABEL_MEAN_ERROR] == pytest.approx((g + f) / 2, abs=1e-3)
+
+    ce = pd.read_csv(tmp_path / "ce.csv", index_col=["measure", "corruption"])
+    label = M.label_ce_baseline("static")
+    ratio = {c: sum(_err(ps, "bivol", c, s) for s in (1, 2)) / sum(_err(ps, "static", c, s) for s in (1, 2))
+             for c in ("gaussian_noise", "fog")}
+    assert ce.loc[(label, "fog"), "bivol"] == pytest.approx(100 * ratio["fog"], abs=1e-3)
+    assert ce.loc[(label, "mCE"), "static"] == pytest.approx(100.0)
+
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    entry = stored["models"]["bivol"]
+    assert stored["command"] == "bivol-robust evaluate"
+    assert entry[M.label_mce_baseline("static")] == pytest.approx(100 * np.mean(list(ratio.values())), abs=1e-3)
+    assert entry[f"corruptions in {M.label_mce_baseline('static')}"] == ["gaussian_noise", "fog"]
+    low, high = entry[f"{M.label_mce_baseline('static')} 95% CI"]
+    assert low < entry[M.label_mce_baseline("static")] < high
+    overall = entry["McNemar vs static"]["overall"]
+    pooled = [(ps[("bivol", c, s)], ps[("static", c, s)]) for c in ("gaussian_noise", "fog") for s in (1, 2)]
+    assert overall["model_only_correct"] == sum(int(np.sum(a & ~b)) for a, b in pooled)
+    assert overall["baseline_only_correct"] == sum(int(np.sum(~a & b)) for a, b in pooled)
+    assert entry["n images"] == 60
+
+    text = format_summary(summary)
+    assert M.LABEL_CLEAN in text and M.label_mce_baseline("static") in text and "bivol" in text
+
+
+def test_clean_only_without_baseline_still_reports(tmp_path):
+    tidy, ps = _run(["a"], [("clean", 0)])
+    summary = write_reports(tmp_path, tidy, per_sample=ps, baseline=None, alexnet_normalisation=True, command="x")
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "summary.json").is_file()
+    assert (tmp_path / "corruption_errors.md").is_file()
+    assert not (tmp_path / "ce.csv").exists()  # nothing to normalise
+    assert summary["models"]["a"][M.LABEL_MCE_ALEXNET] is None and summary["notes"]
+    assert "a" in format_summary(summary)
+
+
+def test_unknown_baseline_is_a_usage_error(tmp_path):
+    tidy, ps = _run(["a"], [("clean", 0)])
+    with pytest.raises(UsageError, match="baseline 'b'"):
+        write_reports(tmp_path, tidy, per_sample=ps, baseline="b", alexnet_normalisation=False, command="x")
+
+
+def test_full_benchmark_with_alexnet_normalisation(tmp_path):
+    cells = [("clean", 0)] + [(c, s) for c in BENCHMARK for s in SEVERITIES]
+    tidy, ps = _run(["static", "bivol"], cells, n=40)
+    summary = write_reports(tmp_path, tidy, per_sample=ps, baseline="static", alexnet_normalisation=True,
+                            command="x")
+    for model in ("static", "bivol"):
+        expected = np.mean([sum(_err(ps, model, c, s) for s in SEVERITIES) / (5 * M.ALEXNET_ERRORS[c])
+                            for c in BENCHMARK])
+        entry = summary["models"][model]
+        assert entry[M.LABEL_MCE_ALEXNET] == pytest.approx(expected, abs=1e-3)
+        low, high = entry[f"{M.LABEL_MCE_ALEXNET} 95% CI"]
+        assert low < entry[M.LABEL_MCE_ALEXNET] < high
+        assert entry[M.LABEL_REL_MCE_ALEXNET] is not None
+    ce = pd.read_csv(tmp_path / "ce.csv", index_col=["measure", "corruption"])
+    assert ce.loc[(M.LABEL_CE_ALEXNET, "mCE"), "bivol"] == pytest.approx(
+        summary["models"]["bivol"][M.LABEL_MCE_ALEXNET], abs=1e-3)
+    assert M.LABEL_MCE_ALEXNET in format_summary(summary)
+    assert all((tmp_path / "plots" / f"{stem}.svg").is_file() for stem in PLOTS)
+    assert not summary["notes"]
