@@ -1,0 +1,94 @@
+"""``corrupt``: the one entry point that turns clean uint8 images into corrupted uint8 images.
+
+The output for an image depends only on (seed, index, corruption, severity) — and on the profile
+and backend — never on the batch it came in, the batch size or the device order, because every
+image gets its own random stream (:mod:`corruptions.seeding`).
+
+Conversion back to uint8 follows the generators: they return floats in [0, 255] that are stored
+with ``np.uint8``, i.e. clipped then *truncated*. For float32 results a tiny epsilon (1e-3 of a level) is added
+before flooring so values that are exact levels (k/255 stored in float32) do not drop one level
+through float32 rounding; float64 results (the digital ops, which mirror the NumPy reference in
+float64) are truncated exactly, like ``np.uint8``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .jpeg import jpeg_round_trip
+from .profiles import resolve_profile
+from .registry import UnknownCorruptionError, validate, validate_severity
+from .seeding import torch_generator
+
+BACKENDS = ("torch", "reference")
+_EPS_LEVELS = 1e-3
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 by clipping and truncating like ``np.uint8(x * 255)``."""
+    eps = 0.0 if x.dtype == torch.float64 else _EPS_LEVELS
+    return torch.floor(x.clamp(0, 1) * 255 + eps).clamp(0, 255).to(torch.uint8)
+
+
+def _check_images(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 in [0, 255], got {images.dtype}")
+    single = images.dim() == 3
+    batch = images[None] if single else images
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
+    return batch, single
+
+
+def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
+            indices: Sequence[int] | None = None, profile: str | None = None,
+            jpeg_quality: int | None = None, backend: str = "torch") -> torch.Tensor:
+    """Corrupt uint8 images of shape (B, 3, H, W) (or one (3, H, W) image) on any device.
+
+    Args:
+        name: one of :data:`corruptions.ALL`.
+        severity: 1..5.
+        seed: experiment seed; with ``indices`` it fixes every image's random stream.
+        indices: the dataset index of each image (default ``range(B)``).
+        profile: 'cifar', 'tinyimagenet' or 'imagenet' parameter tables; ``None`` picks by image
+            size (:func:`corruptions.profile_for_size`).
+        jpeg_quality: if given, JPEG-encode/decode the result at this quality (85 reproduces the
+            storage step of the released ImageNet-C).
+        backend: 'torch' (batched, any device) or 'reference' (imagecorruptions on the CPU,
+            imagenet profile only).
+    Returns:
+        uint8 tensor of the input's shape, on the input's device.
+    """
+    batch, single = _check_images(images)
+    name = validate(name)
+    severity = validate_severity(severity)
+    profile = resolve_profile(profile, tuple(batch.shape[-2:]))
+    if backend not in BACKENDS:
+        raise UnknownCorruptionError(f"unknown backend '{backend}'. Choose from: {', '.join(BACKENDS)}.")
+    n = batch.shape[0]
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    if len(indices) != n:
+        raise ValueError(f"got {len(indices)} indices for {n} images")
+
+    if n == 0:
+        out = batch.clone()
+    elif backend == "reference":
+        from .reference import corrupt_reference
+
+        out = corrupt_reference(batch, name, severity, seed=seed, indices=indices,
+                                profile=profile).to(batch.device)
+    else:
+        from .ops import IMPLEMENTATIONS
+
+        impl = IMPLEMENTATIONS[name]
+        generators = [torch_generator(seed, i, name, severity) for i in indices]
+        with torch.no_grad():
+            x = batch.to(torch.float32) / 255
+            y = impl.fn(x, impl.param(profile, severity), generators)
+            out = to_uint8(y)
+    if jpeg_quality is not None and n:
+        out = jpeg_round_trip(out, int(jpeg_quality))
+    return out[0] if single else out
