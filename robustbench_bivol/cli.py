@@ -1,0 +1,207 @@
+"""The ``bivol-robust`` command line: thin wrappers around the Python API.
+
+Every user error (``BivolError``, an unknown corruption, ...) ends as one line on stderr and a
+non-zero exit code (2 for usage errors), never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import BivolError, UsageError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the toolkit's user errors into one-line messages with an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from corruptions.registry import UnknownCorruptionError
+
+        try:
+            return command(*args, **kwargs)
+        except BivolError as exc:
+            _fail(str(exc), exc.exit_code)
+        except UnknownCorruptionError as exc:
+            _fail(str(exc), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; rerun the same command to resume.", 130)
+
+    return wrapper
+
+
+def _invocation() -> str:
+    return "bivol-robust " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robustbench_bivol")
+def main() -> None:
+    """Measure how robust convolution operators are to common image corruptions."""
+
+
+def _severities(value: str) -> list[int]:
+    from corruptions.registry import validate_severity
+
+    try:
+        return sorted({validate_severity(int(v)) for v in value.split(",") if v.strip()})
+    except ValueError as exc:
+        raise UsageError(f"--severities: {exc}") from None
+
+
+@main.command()
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
+              help="Model to evaluate (repeatable); WEIGHTS is a bundled name, file, URL or torchvision:ENUM. "
+                   "Default: every bundled model for the dataset.")
+@click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
+@click.option("--dataset", default="builtin", show_default=True,
+              help="'builtin' or a folder in ImageFolder layout (e.g. ImageNet val, CIFAR-10 test).")
+@click.option("--split", default="test", show_default=True, help="Split of the built-in dataset.")
+@click.option("--limit", type=int, default=None, help="Evaluate a class-balanced subset of N images.")
+@click.option("--corruptions", "corruption_spec", default="benchmark", show_default=True,
+              help="Names or sets (benchmark, extra, all, noise, blur, weather, digital), comma-separated.")
+@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--profile", type=click.Choice(["auto", "imagenet", "tinyimagenet", "cifar"]), default="auto",
+              show_default=True, help="Corruption parameters; auto picks by image size.")
+@click.option("--jpeg/--no-jpeg", default=False, show_default=True,
+              help="JPEG quality-85 round trip after corrupting, as the released ImageNet-C files have.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--baseline", default=None, help="Model that normalises CE (default: the static model, if any).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="Image decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
+@click.option("--amp", is_flag=True, help="bfloat16 autocast for inference.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default runs/<dataset>-<models>); rerunning resumes it.")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def evaluate(**options: Any) -> None:
+    """Evaluate models on clean and corrupted images and write CSV, Markdown and plot reports."""
+    from .evaluation.run import evaluate_command
+
+    started = time.perf_counter()
+    run_dir = evaluate_command(**options, command=_invocation())
+    click.echo(f"wrote {run_dir} in {time.perf_counter() - started:.1f}s")
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Architecture to train (see `bivol-robust models`).")
+@click.option("--dataset", default="builtin", show_default=True,
+              help="'builtin' or a folder with train/ and test/ in ImageFolder layout (e.g. CIFAR-10 JPEGs).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "onecycle"]), default="cosine", show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--amp", is_flag=True, help="bfloat16 autocast.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Train on a class-balanced subset of N images.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Training folder (default runs/train-<model>); rerunning resumes from its last.pt.")
+@click.option("--bundle-as", default=None, metavar="TAG",
+              help="Copy the final checkpoint into the package as bundled weights TAG (maintainers).")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def train(**options: Any) -> None:
+    """Train a model (SGD, cosine/one-cycle, DyConv temperature annealing); checkpoints every epoch."""
+    from .evaluation.run import pick_device
+    from .training import TrainConfig, train as run_training
+    from .weights import bundle_checkpoint
+
+    bundle_as, progress = options.pop("bundle_as"), options.pop("progress")
+    options["device"] = pick_device(options["device"])
+    options["out"] = options["out"] or f"runs/train-{options['model']}"
+    config = TrainConfig(**options)
+    final = run_training(config, command=_invocation(), progress=progress)
+    click.echo(f"final checkpoint: {final}")
+    if bundle_as:
+        click.echo(f"bundled as {bundle_checkpoint(final, bundle_as)}")
+
+
+@main.command("models")
+@click.option("--operator", default=None, help="Only models of one operator family.")
+@click.option("--no-flops", is_flag=True, help="Skip the GFLOPs count (it runs every model once).")
+@friendly_errors
+def models_command(operator: str | None, no_flops: bool) -> None:
+    """List models with input size, parameters, GFLOPs (multiply-adds) and available weights."""
+    from .models.profile import models_table
+    from .reports import markdown_table
+
+    import pandas as pd
+
+    click.echo(markdown_table(pd.DataFrame(models_table(operator=operator, flops=not no_flops))), nl=False)
+
+
+@main.command("corrupt")
+@click.option("--dataset", default="builtin", show_default=True, help="'builtin' or an ImageFolder folder.")
+@click.option("--split", default="test", show_default=True, help="Split of the built-in dataset.")
+@click.option("--size", type=int, default=None, help="Image side (default: 32 for builtin, 224 for folders).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--layout", type=click.Choice(["imagenet-c", "cifar-c"]), default="imagenet-c", show_default=True)
+@click.option("--corruptions", "corruption_spec", default="benchmark", show_default=True)
+@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--profile", type=click.Choice(["auto", "imagenet", "tinyimagenet", "cifar"]), default="auto",
+              show_default=True)
+@click.option("--limit", type=int, default=None, help="Render a class-balanced subset of N images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def corrupt_command(dataset: str, split: str, size: int | None, out: str, layout: str, corruption_spec: str,
+                    severities: str, profile: str, limit: int | None, seed: int, progress: bool) -> None:
+    """Render corrupted copies of a dataset in ImageNet-C or CIFAR-10-C layout."""
+    import corruptions
+
+    from .data import BUILTIN, balanced_subset, dataset_labels, open_dataset
+    from .rendering import render_dataset
+
+    size = size or (32 if dataset == BUILTIN else 224)
+    data = open_dataset(dataset, split=split, size=size, seed=seed if dataset == BUILTIN else 0)
+    written = render_dataset(data, out, corruption_names=corruptions.select(corruption_spec),
+                             severities=_severities(severities), layout=layout,
+                             indices=balanced_subset(dataset_labels(data), limit), seed=seed,
+                             profile=None if profile == "auto" else profile, progress=progress)
+    click.echo(f"wrote {written} files under {out}")
+
+
+@main.command("show")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="PNG file (default IMAGE-corruptions.png).")
+@click.option("--size", type=int, default=224, show_default=True, help="Resize/crop side before corrupting.")
+@click.option("--corruptions", "corruption_spec", default="all", show_default=True)
+@click.option("--profile", type=click.Choice(["auto", "imagenet", "tinyimagenet", "cifar"]), default="auto",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def show_command(image: str, out: str | None, size: int, corruption_spec: str, profile: str, seed: int) -> None:
+    """Write a PNG grid of IMAGE under every corruption (rows) and severity (columns)."""
+    import corruptions
+    from torchvision.io import encode_png
+
+    from .data.folder import IMAGENET_CROP_RATIO, load_image
+    from .io import atomic_write_bytes
+    from .rendering import corruption_grid
+
+    if not Path(image).is_file():
+        raise UsageError(f"image not found: {image}")
+    resize = round(size / IMAGENET_CROP_RATIO) if size >= 128 else size
+    clean = load_image(image, size, resize)
+    grid = corruption_grid(clean, corruptions.select(corruption_spec), seed=seed,
+                           profile=None if profile == "auto" else profile)
+    target = Path(out or Path(image).with_suffix("").as_posix() + "-corruptions.png")
+    atomic_write_bytes(target, encode_png(grid).numpy().tobytes())
+    click.echo(f"wrote {target}")

@@ -1,0 +1,127 @@
+"""Render corrupted copies of a dataset to disk, in the layouts of the published benchmarks.
+
+* ``imagenet-c``: ``<out>/<corruption>/<severity>/<class>/<file>.JPEG`` at JPEG quality 85,
+  the format of the released ImageNet-C.
+* ``cifar-c``: ``<out>/<corruption>.npy`` uint8 (5N, H, W, 3), severities 1..5 stacked, and
+  ``<out>/labels.npy`` (5N,), the format of the released CIFAR-10-C (no JPEG step).
+
+Each finished file is written atomically, so an interrupted render resumes by skipping them.
+Images come out exactly as the evaluation engine would corrupt them (same seeds), so
+evaluating the rendered folder measures the same thing, up to the JPEG step.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+import corruptions
+
+from .errors import UsageError
+from .io import atomic_write_bytes
+
+LAYOUTS = ("imagenet-c", "cifar-c")
+JPEG_QUALITY = 85
+
+
+def _file_stem(dataset: Any, index: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    return Path(samples[index][0]).stem if samples else f"{index:06d}"
+
+
+def _jpeg_bytes(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def render_dataset(dataset: Any, out: str | Path, *, corruption_names: Sequence[str], severities: Sequence[int],
+                   layout: str, indices: np.ndarray, seed: int = 0, profile: str | None = None,
+                   batch_size: int = 256, progress: bool = True) -> int:
+    """Write every (corruption, severity) copy of ``dataset[indices]``; returns files written."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+    if layout == "cifar-c" and list(severities) != list(corruptions.SEVERITIES):
+        raise UsageError("the cifar-c layout stacks all five severities; drop --severities")
+    total = len(indices) * len(corruption_names) * len(severities)
+    with tqdm(total=total, unit="img", disable=not progress, desc="render", dynamic_ncols=True) as bar:
+        render = _render_cifar_c if layout == "cifar-c" else _render_imagenet_c
+        return render(dataset, Path(out), corruption_names, severities, indices, seed, profile, batch_size, bar)
+
+
+def _load(dataset: Any, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in items]), np.asarray([label for _, label in items], dtype=np.int64)
+
+
+def _render_imagenet_c(dataset: Any, out: Path, corruption_names: Sequence[str], severities: Sequence[int],
+                       indices: np.ndarray, seed: int, profile: str | None, batch_size: int, bar: tqdm) -> int:
+    written = 0
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        clean, labels = _load(dataset, chunk)
+        for name in corruption_names:
+            for severity in severities:
+                files = [out / name / str(severity) / dataset.classes[label] / f"{_file_stem(dataset, int(i))}.JPEG"
+                         for i, label in zip(chunk, labels)]
+                if not all(f.exists() for f in files):
+                    images = corruptions.corrupt(clean, name, severity, seed=seed, indices=chunk.tolist(),
+                                                 profile=profile)
+                    for image, path in zip(images, files):
+                        if not path.exists():
+                            atomic_write_bytes(path, _jpeg_bytes(image))
+                            written += 1
+                bar.update(len(chunk))
+    return written
+
+
+def _render_cifar_c(dataset: Any, out: Path, corruption_names: Sequence[str], severities: Sequence[int],
+                    indices: np.ndarray, seed: int, profile: str | None, batch_size: int, bar: tqdm) -> int:
+    written = 0
+    clean, labels = _load(dataset, indices)
+    for name in corruption_names:
+        target = out / f"{name}.npy"
+        if not target.exists():
+            stacked = torch.cat([_corrupt_in_batches(clean, indices, name, s, seed, profile, batch_size)
+                                 for s in severities])
+            atomic_write_bytes(target, _npy_bytes(stacked.permute(0, 2, 3, 1).contiguous().numpy()))
+            written += 1
+        bar.update(len(indices) * len(severities))
+    if not (out / "labels.npy").exists():
+        atomic_write_bytes(out / "labels.npy", _npy_bytes(np.tile(labels, len(severities))))
+        written += 1
+    return written
+
+
+def _corrupt_in_batches(clean: torch.Tensor, indices: np.ndarray, name: str, severity: int, seed: int,
+                        profile: str | None, batch_size: int) -> torch.Tensor:
+    return torch.cat([
+        corruptions.corrupt(clean[s:s + batch_size], name, severity, seed=seed,
+                            indices=indices[s:s + batch_size].tolist(), profile=profile)
+        for s in range(0, len(indices), batch_size)
+    ])
+
+
+def corruption_grid(image: torch.Tensor, corruption_names: Sequence[str], seed: int = 0,
+                    profile: str | None = None) -> torch.Tensor:
+    """A uint8 (3, H', W') grid: one row per corruption, the clean image then severities 1..5."""
+    from torchvision.utils import make_grid
+
+    tiles = []
+    for name in corruption_names:
+        tiles.append(image)
+        for severity in corruptions.SEVERITIES:
+            tiles.append(corruptions.corrupt(image, name, severity, seed=seed, indices=[0], profile=profile))
+    return make_grid(torch.stack(tiles), nrow=1 + len(corruptions.SEVERITIES), padding=2, pad_value=255)

@@ -1,0 +1,196 @@
+"""Train a model on an in-memory image dataset and save checkpoints in the toolkit's format.
+
+Meant for the CIFAR-size models the toolkit ships (built-in dataset, CIFAR-10): the training
+split is decoded once into a uint8 tensor, augmented on the fly (random crop with 4 px padding,
+horizontal flip) with generators seeded by (seed, epoch), so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .data import balanced_subset, dataset_labels, open_dataset
+from .errors import UsageError
+from .evaluation.engine import load_shard
+from .io import atomic_write_text
+from .models import create_model, model_spec, set_temperature
+
+#: DyConv (Chen et al. 2020): softmax temperature annealed linearly from 30 to 1 over 10 epochs.
+DYCONV_TAU_START, DYCONV_TAU_END, DYCONV_ANNEAL_EPOCHS = 30.0, 1.0, 10
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    dataset: str = "builtin"
+    out: str = "runs/train"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # or "onecycle"
+    label_smoothing: float = 0.0
+    amp: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    limit: int | None = None
+    anneal_epochs: int = DYCONV_ANNEAL_EPOCHS
+
+
+def dyconv_temperature(epoch: float, anneal_epochs: int) -> float:
+    """Linear annealing 30 -> 1 over the first ``anneal_epochs`` epochs, then 1."""
+    if anneal_epochs <= 0:
+        return DYCONV_TAU_END
+    progress = min(epoch / anneal_epochs, 1.0)
+    return DYCONV_TAU_START + (DYCONV_TAU_END - DYCONV_TAU_START) * progress
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, batched."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, 3, h, w)
+    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, 3, h, w)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+
+
+def _load_split(dataset: str, split: str, size: int, limit: int | None, workers: int):
+    data = open_dataset(dataset if dataset == "builtin" else str(Path(dataset) / split), split=split, size=size)
+    indices = balanced_subset(dataset_labels(data), limit)
+    images, labels = load_shard(data, indices, workers)
+    return images, labels, list(data.classes), data.name
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor, device: torch.device, batch_size: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = (images[start:start + batch_size].to(device).float() / 255 - mean) / std
+        correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
+    return correct / len(labels)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    raise UsageError(f"unknown schedule '{config.schedule}' (choose cosine or onecycle)")
+
+
+def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> Path:
+    """Train ``config.model``; checkpoints every epoch to ``out/last.pt``; returns ``out/final.pt``.
+
+    Rerunning with the same ``out`` resumes from ``last.pt`` (a different configuration there is
+    refused). The per-epoch log goes to ``out/log.csv``.
+    """
+    spec = model_spec(config.model)
+    device = torch.device(config.device)
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    train_x, train_y, classes, dataset_name = _load_split(config.dataset, "train", spec.input_size, config.limit, config.workers)
+    test_x, test_y, _, _ = _load_split(config.dataset, "test", spec.input_size, None, config.workers)
+    pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)
+    mean, std = pixels.mean(1), pixels.std(1)
+    del pixels
+    model = create_model(config.model, num_classes=len(classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    meta = CheckpointMeta(arch=config.model, num_classes=len(classes), input_size=spec.input_size,
+                          mean=tuple(mean.tolist()), std=tuple(std.tolist()), dataset=dataset_name,
+                          classes=classes)
+    start_epoch, log_rows = 0, []
+    last = out / "last.pt"
+    if last.exists():
+        state, _, extra = load_checkpoint(last)
+        if extra.get("train_config") != asdict(config):
+            raise UsageError(f"{out} holds a training run with another configuration; use another --out")
+        model.load_state_dict(state)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        start_epoch, log_rows = int(extra["epoch"]), list(extra["log"])
+    mean_d, std_d = mean.to(device).view(1, 3, 1, 1), std.to(device).view(1, 3, 1, 1)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    anneal = spec.operator == "dyconv"
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        order = torch.randperm(len(train_y), generator=generator)
+        model.train()
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   unit="step", dynamic_ncols=True)
+        for step in bar:
+            if anneal:
+                set_temperature(model, dyconv_temperature(epoch + step / steps_per_epoch, config.anneal_epochs))
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = augment(train_x[batch], generator).to(device).float().div_(255).sub_(mean_d).div_(std_d)
+            y = train_y[batch].to(device)
+            context = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
+            with context:
+                logits = model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / ((step * config.batch_size) + len(batch)):.3f}")
+        if anneal:
+            set_temperature(model, dyconv_temperature(epoch + 1, config.anneal_epochs))
+        test_acc = accuracy(model, test_x, test_y, mean_d, std_d, device)
+        log_rows.append({
+            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / len(train_y), "train_acc": correct / len(train_y),
+            "test_acc": test_acc, "seconds": time.perf_counter() - started,
+        })
+        _write_log(out / "log.csv", log_rows)
+        save_checkpoint(last, model.state_dict(), meta, extra={
+            "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "train_config": asdict(config), "log": log_rows,
+        })
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {log_rows[-1]['train_loss']:.4f} "
+                       f"train acc {log_rows[-1]['train_acc']:.4f} test acc {test_acc:.4f}")
+    state, _, extra = load_checkpoint(last)
+    meta.provenance = {
+        "command": command, "train_config": asdict(config), "epochs": config.epochs,
+        "test_accuracy": extra["log"][-1]["test_acc"] if extra["log"] else None,
+        "train_seconds": round(sum(row["seconds"] for row in extra["log"]), 1),
+        "torch": torch.__version__, "python": platform.python_version(),
+    }
+    final = out / "final.pt"
+    save_checkpoint(final, state, meta)
+    return final
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,96 @@
+"""End to end: ``bivol-robust evaluate`` on a tiny subset, figures recounted independently."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import corruptions
+from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
+from robustbench_bivol.cli import main
+from robustbench_bivol.data import BuiltinShapes, balanced_subset
+from robustbench_bivol.models import create_model
+from robustbench_bivol.weights import bundled_tags
+
+LIMIT, CORRUPTIONS, SEVERITIES = 30, ["gaussian_noise", "contrast"], [1, 3]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A resnet20 whose weights are random but fixed: what matters is the bookkeeping."""
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    path = tmp_path_factory.mktemp("ckpt") / "resnet20.pt"
+    meta = CheckpointMeta(arch="resnet20", num_classes=10, input_size=32, mean=(0.5, 0.5, 0.5),
+                          std=(0.25, 0.25, 0.25), dataset="builtin", classes=list(BuiltinShapes.classes))
+    save_checkpoint(path, model.state_dict(), meta)
+    return path
+
+
+def _run(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _recount(checkpoint, severity_cells):
+    """Corrupt and classify with the public APIs directly, without the engine."""
+    model = create_model("resnet20", weights=str(checkpoint)).eval()
+    data = BuiltinShapes("test", 32, seed=0)
+    indices = balanced_subset(data.labels.numpy(), LIMIT)
+    images, labels = data.images[indices], data.labels[indices]
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    counts = {}
+    for corruption, severity in severity_cells:
+        x = images if corruption == "clean" else corruptions.corrupt(
+            images, corruption, severity, seed=0, indices=indices.tolist())
+        with torch.no_grad():
+            pred = model((x.float() / 255 - mean) / std).argmax(1)
+        counts[(corruption, severity)] = int((pred == labels).sum())
+    return counts
+
+
+def test_evaluate_tiny_subset_recounts(tmp_path, checkpoint):
+    out = tmp_path / "run"
+    output = _run(["evaluate", "--model", f"resnet20={checkpoint}", "--limit", str(LIMIT),
+                   "--corruptions", ",".join(CORRUPTIONS), "--severities", "1,3", "--out", str(out),
+                   "--no-progress"])
+    tidy = pd.read_csv(out / "results.csv")
+    cells = [("clean", 0)] + [(c, s) for c in CORRUPTIONS for s in SEVERITIES]
+    assert len(tidy) == len(cells)
+    assert (tidy["n"] == LIMIT).all()
+    expected = _recount(checkpoint, cells)
+    for row in tidy.itertuples():
+        assert row.correct == expected[(row.corruption, row.severity)], (row.corruption, row.severity)
+    assert tidy["error (%)"].to_numpy() == pytest.approx(100 * (1 - tidy["correct"] / tidy["n"]).to_numpy())
+    table = pd.read_csv(out / "corruption_errors.csv", index_col=0)
+    for corruption in CORRUPTIONS:
+        mean_error = np.mean([1 - expected[(corruption, s)] / LIMIT for s in SEVERITIES]) * 100
+        assert table.loc[corruption, "resnet20"] == pytest.approx(mean_error, abs=1e-6)
+    assert (out / "corruption_errors.md").read_text().count("|") > 10
+    assert "resnet20" in output
+
+    # Rerunning the same command resumes: nothing left to do, identical results.
+    _run(["evaluate", "--model", f"resnet20={checkpoint}", "--limit", str(LIMIT), "--corruptions",
+          ",".join(CORRUPTIONS), "--severities", "1,3", "--out", str(out), "--no-progress"])
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), tidy)
+
+
+@pytest.mark.skipif("builtin" not in bundled_tags("resnet20"), reason="no bundled resnet20 weights")
+def test_evaluate_default_uses_bundled_weights(tmp_path):
+    out = tmp_path / "run"
+    _run(["evaluate", "--limit", "20", "--corruptions", "gaussian_noise", "--severities", "5",
+          "--out", str(out), "--no-progress"])
+    tidy = pd.read_csv(out / "results.csv")
+    assert set(tidy["model"]) >= {"resnet20"}
+    clean = tidy[(tidy.model == "resnet20") & (tidy.corruption == "clean")]["error (%)"].item()
+    assert clean < 50  # trained weights, far from chance (90%)
+
+
+def test_unknown_model_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--model", "resnet21", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: unknown model 'resnet21'. Did you mean 'resnet20'?")
+    assert "Traceback" not in result.output
