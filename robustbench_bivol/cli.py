@@ -93,7 +93,8 @@ def evaluate(**options: Any) -> None:
 
     started = time.perf_counter()
     run_dir = evaluate_command(**options, command=_invocation())
-    click.echo(f"wrote {run_dir} in {time.perf_counter() - started:.1f}s")
+    if run_dir is not None:
+        click.echo(f"wrote {run_dir} in {time.perf_counter() - started:.1f}s")
 
 
 @main.command()

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 import corruptions
 
 from ..data import BUILTIN, balanced_subset, dataset_labels, open_dataset
+from ..distributed import process_group
 from ..errors import UsageError
 from .engine import EvalPlan, evaluate
 from .loading import bundled_models_for, load_entry
@@ -34,8 +35,8 @@ def _default_out(dataset: str, names: list[str]) -> Path:
 def evaluate_command(*, models: tuple[str, ...], default_weights: str | None, dataset: str, split: str,
                      limit: int | None, corruption_spec: str, severities: str, profile: str, jpeg: bool,
                      seed: int, baseline: str | None, batch_size: int, workers: int, device: str, amp: bool,
-                     out: str | None, progress: bool, command: str) -> Path:
-    """Run (or resume) an evaluation and write its reports; returns the run folder."""
+                     out: str | None, progress: bool, command: str) -> Path | None:
+    """Run (or resume) an evaluation and write its reports; returns the run folder (None on ranks > 0)."""
     from ..cli import _severities
     from ..reports import format_summary, write_reports
 
@@ -64,9 +65,12 @@ def evaluate_command(*, models: tuple[str, ...], default_weights: str | None, da
                     severities=severity_list, seed=seed, profile=None if profile == "auto" else profile,
                     jpeg_quality=85 if jpeg else None)
     run_dir = Path(out) if out else _default_out(dataset, keys)
-    store = RunStore.open(run_dir, plan.config(entries))
-    evaluate(plan, entries, data, store, device=device, batch_size=batch_size, workers=workers, amp=amp,
-             progress=progress)
+    with process_group(device) as (rank, _, device):
+        store = RunStore.open(run_dir, plan.config(entries)) if rank == 0 else None
+        evaluate(plan, entries, data, store, device=device, batch_size=batch_size, workers=workers, amp=amp,
+                 progress=progress)
+    if rank != 0:  # rank 0 alone holds the results and writes the reports
+        return None
     tidy = store.tidy(plan.cells, len(plan.shards), keys)
     per_sample = store.per_sample(plan.cells, len(plan.shards))
     summary = write_reports(run_dir, tidy, per_sample=per_sample, baseline=baseline or _static_baseline(entries),
