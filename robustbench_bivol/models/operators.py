@@ -121,7 +121,7 @@ def involution_aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: in
             wo != (w + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1:
         raise ValueError(f"kernel map {ho}x{wo} does not fit input {h}x{w} at stride {stride}")
     xp = F.pad(x, (pad, pad, pad, pad)).view(b, groups, c // groups, h + 2 * pad, w + 2 * pad)
-    out = x.new_zeros(b, groups, c // groups, ho, wo)
+    out = x.new_zeros(b, groups, c // groups, ho, wo, dtype=torch.result_type(x, kernels))  # AMP-safe
     for idx in range(kk):
         u, v = divmod(idx, kernel_size)
         patch = xp[:, :, :, u * dilation: u * dilation + stride * (ho - 1) + 1: stride,

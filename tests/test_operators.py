@@ -1,0 +1,143 @@
+"""The dynamic operators against slow, obviously-correct references."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustbench_bivol.models.operators import (Bivolution2d, CondConv2d, DynamicConv2d, Involution2d,
+                                                involution_aggregate)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Seeded, and single-threaded: on a busy 2-core machine two threads thrash (10x slower)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _per_example_reference(x, mix, weight, bias, stride):
+    """One ordinary conv per example with its own mixed kernel."""
+    outs = []
+    for i in range(x.shape[0]):
+        w = (mix[i].view(-1, 1, 1, 1, 1) * weight).sum(0)
+        b = None if bias is None else mix[i] @ bias
+        outs.append(F.conv2d(x[i:i + 1], w, b, stride=stride, padding=weight.shape[-1] // 2)[0])
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+def test_condconv_equals_per_example_loop(stride, bias):
+    m = CondConv2d(6, 10, stride, bias=bias)
+    if bias:
+        torch.nn.init.normal_(m.bias)
+    x = torch.randn(3, 6, 9, 9)
+    ref = _per_example_reference(x, m.routing(x), m.weight, m.bias, stride)
+    torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dyconv_equals_per_example_loop_and_temperature(stride):
+    m = DynamicConv2d(6, 10, stride, bias=True)
+    torch.nn.init.normal_(m.bias)
+    x = torch.randn(3, 6, 8, 8)
+    for tau in (30.0, 1.0):
+        m.set_temperature(tau)
+        pi = m.attention_weights(x)
+        torch.testing.assert_close(pi.sum(1), torch.ones(3))
+        ref = _per_example_reference(x, pi, m.weight, m.bias, stride)
+        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
+    m.set_temperature(1e4)  # high temperature -> uniform attention
+    torch.testing.assert_close(m.attention_weights(x), torch.full((3, 4), 0.25), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError):
+        m.set_temperature(0)
+
+
+def test_set_temperature_reaches_dyconv_modules():
+    from robustbench_bivol.models import create_model, set_temperature
+    model = create_model("dyconv_resnet20")
+    assert set_temperature(model, 10.0) == 18
+    assert all(m.temperature == 10.0 for m in model.modules() if isinstance(m, DynamicConv2d))
+
+
+def _unfold_involution(x, kernels, k, stride):
+    """Naive reference (official RedNet form): unfold x to (B, G, C/G, K*K, Ho, Wo), multiply, sum."""
+    b, c = x.shape[:2]
+    g, _, ho, wo = kernels.shape[1:]
+    cols = F.unfold(x, k, 1, (k - 1) // 2, stride).view(b, g, c // g, k * k, ho, wo)
+    return (kernels.unsqueeze(2) * cols).sum(3).view(b, c, ho, wo)
+
+
+@pytest.mark.parametrize("k,stride,size", [(7, 1, 8), (3, 1, 5), (7, 2, 8), (3, 2, 9)])
+def test_involution_equals_unfold_reference(k, stride, size):
+    m = Involution2d(32, stride=stride, kernel_size=k)
+    x = torch.randn(2, 32, size, size, requires_grad=True)
+    kernels = m.generate_kernels(x)
+    assert kernels.shape[:3] == (2, 2, k * k)  # G = 32 / 16
+    out = m(x)
+    ref = _unfold_involution(x, kernels, k, stride)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g1 = torch.autograd.grad(out.sum(), x)[0]
+    g2 = torch.autograd.grad(_unfold_involution(x, m.generate_kernels(x), k, stride).sum(), x)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_involution_aggregate_rejects_mismatched_kernels():
+    with pytest.raises(ValueError):
+        involution_aggregate(torch.randn(1, 16, 8, 8), torch.randn(1, 1, 9, 5, 5), 3)
+
+
+def test_involution_channel_change_uses_projection():
+    m = Involution2d(16, 32, stride=2, kernel_size=3)
+    assert m.proj is not None
+    assert m(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+
+
+def test_bivolution_without_static_and_sakg_is_involution():
+    inv = Involution2d(32, stride=2, kernel_size=7).eval()
+    bi = Bivolution2d(32, stride=2, kernel_size=7, static_branch=False, sakg=False).eval()
+    bi.dynamic.load_state_dict(inv.state_dict())  # same keys: bi.dynamic IS an involution
+    assert set(bi.state_dict()) == {f"dynamic.{k}" for k in inv.state_dict()}
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(bi(x), inv(x))
+
+
+def test_bivolution_is_static_plus_dynamic():
+    bi = Bivolution2d(16, 32, stride=2, kernel_size=3).eval()
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(bi(x), bi.static(x) + bi.dynamic(x))
+    y = bi(x)
+    assert y.shape == (2, 32, 4, 4)
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_bivolution_ablation_parameter_counts():
+    c, k = 64, 7
+    full = _params(Bivolution2d(c, kernel_size=k))
+    no_static = _params(Bivolution2d(c, kernel_size=k, static_branch=False))
+    no_sakg = _params(Bivolution2d(c, kernel_size=k, sakg=False))
+    plain = _params(Bivolution2d(c, kernel_size=k, static_branch=False, sakg=False))
+    static = c * c * 9
+    sakg = c * 9 + (c * (c // 4) + c // 4)  # depth-wise 3x3 + channel FC (weight, bias)
+    assert full - no_static == static
+    assert full - no_sakg == sakg
+    assert plain == _params(Involution2d(c, kernel_size=k))
+    dw = _params(Bivolution2d(c, kernel_size=k, static_groups="depthwise"))
+    assert dw - no_static == c * 9
+
+
+def test_operators_backward_and_shapes():
+    x = torch.randn(2, 16, 8, 8)
+    for op in (CondConv2d(16, 32, 2), DynamicConv2d(16, 32, 2), Involution2d(16, 32, 2, kernel_size=3),
+               Bivolution2d(16, 32, 2, kernel_size=3)):
+        y = op(x)
+        assert y.shape == (2, 32, 4, 4)
+        y.square().mean().backward()
+        assert all(p.grad is not None for p in op.parameters()), type(op).__name__
