@@ -34,11 +34,12 @@ def _pct_pair(pair: tuple[float, float]) -> list[float | None]:
     return [_pct(pair[0]), _pct(pair[1])]
 
 
-def _markdown(frame: pd.DataFrame, title: str) -> str:
+def markdown_table(frame: pd.DataFrame, title: str | None = None) -> str:
     """A GitHub-flavoured Markdown table (no optional 'tabulate' dependency)."""
-    frame = frame.reset_index()
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
     header = [str(c) for c in frame.columns]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in frame.itertuples(index=False):
         cells = ["" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
@@ -47,7 +48,7 @@ def _markdown(frame: pd.DataFrame, title: str) -> str:
 
 def _write_table(run_dir: Path, stem: str, frame: pd.DataFrame, title: str) -> None:
     atomic_write_text(run_dir / f"{stem}.csv", frame.to_csv(float_format="%.4f"))
-    atomic_write_text(run_dir / f"{stem}.md", _markdown(frame, title))
+    atomic_write_text(run_dir / f"{stem}.md", markdown_table(frame, title))
 
 
 # ----------------------------------------------------------------------------- tables

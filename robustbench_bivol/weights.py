@@ -7,6 +7,7 @@ and how they were made.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 from pathlib import Path
@@ -119,11 +120,13 @@ def bundle_checkpoint(checkpoint: str | Path, tag: str) -> Path:
     state_dict, meta, _ = load_checkpoint(checkpoint)
     target = PRETRAINED_DIR / f"{meta.arch}-{tag}.pt"
     save_checkpoint(target, state_dict, meta)  # weights and metadata only, no optimizer state
-    data = manifest()
-    data.setdefault(meta.arch, {})[tag] = {
-        "file": target.name, "sha256": sha256_of(target), "bytes": target.stat().st_size,
-        "dataset": meta.dataset, "test_accuracy": meta.provenance.get("test_accuracy"),
-        "command": meta.provenance.get("command"),
-    }
-    atomic_write_json(MANIFEST, data)
+    with open(PRETRAINED_DIR / ".manifest.lock", "w") as lock:  # trainings may finish together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = manifest()
+        data.setdefault(meta.arch, {})[tag] = {
+            "file": target.name, "sha256": sha256_of(target), "bytes": target.stat().st_size,
+            "dataset": meta.dataset, "test_accuracy": meta.provenance.get("test_accuracy"),
+            "command": meta.provenance.get("command"),
+        }
+        atomic_write_json(MANIFEST, data)
     return target
