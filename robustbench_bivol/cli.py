@@ -67,12 +67,22 @@ def _severities(value: str) -> list[int]:
                    "Default: every bundled model for the dataset.")
 @click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
 @click.option("--dataset", default="builtin", show_default=True,
-              help="'builtin' or a folder in ImageFolder layout (e.g. ImageNet val, CIFAR-10 test).")
-@click.option("--split", default="test", show_default=True, help="Split of the built-in dataset.")
+              help="'builtin'; cifar10:ROOT (torchvision CIFAR-10); a folder in ImageFolder layout (e.g. ImageNet "
+                   "val); or a pre-rendered ImageNet-C (<corruption>/<severity>/<class>/<file>) or CIFAR-10-C "
+                   "(<corruption>.npy + labels.npy) folder, detected from its layout (or say imagenet-c:DIR, "
+                   "cifar-c:DIR, folder:DIR).")
+@click.option("--clean-dataset", default=None,
+              help="Clean images of a pre-rendered dataset (same spec as --dataset); without it the clean cell "
+                   "is absent.")
+@click.option("--split", default="test", show_default=True, help="Split of the built-in dataset or CIFAR-10.")
 @click.option("--limit", type=int, default=None, help="Evaluate a class-balanced subset of N images.")
-@click.option("--corruptions", "corruption_spec", default="benchmark", show_default=True,
-              help="Names or sets (benchmark, extra, all, noise, blur, weather, digital), comma-separated.")
-@click.option("--severities", default="1,2,3,4,5", show_default=True)
+@click.option("--corruptions", "corruption_spec", default=None,
+              help="Names or sets (benchmark, extra, all, noise, blur, weather, digital), comma-separated. "
+                   "Default: benchmark; for a pre-rendered dataset, those on disk.")
+@click.option("--severities", default=None,
+              help="Comma-separated, 1..5. Default: 1,2,3,4,5; for a pre-rendered dataset, those on disk.")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="Unreadable images: stop with an error, or leave them out of every cell and model.")
 @click.option("--profile", type=click.Choice(["auto", "imagenet", "tinyimagenet", "cifar"]), default="auto",
               show_default=True, help="Corruption parameters; auto picks by image size.")
 @click.option("--jpeg/--no-jpeg", default=False, show_default=True,
@@ -81,6 +91,8 @@ def _severities(value: str) -> list[int]:
 @click.option("--baseline", default=None, help="Model that normalises CE (default: the static model, if any).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Image decoding processes.")
+@click.option("--shard-size", type=int, default=None,
+              help="Samples per stored piece (default 512); the unit of resuming and of work per rank.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for inference.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -95,6 +107,52 @@ def evaluate(**options: Any) -> None:
     run_dir = evaluate_command(**options, command=_invocation())
     if run_dir is not None:
         click.echo(f"wrote {run_dir} in {time.perf_counter() - started:.1f}s")
+
+
+@main.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Comparison folder (default runs/compare-<run names>).")
+@click.option("--baseline", default=None, help="Model that normalises CE (default: the first static model).")
+@friendly_errors
+def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None) -> None:
+    """Merge RUN folders of the same dataset and samples into one comparison (CSV, tables, summary, plots)."""
+    from .compare import compare_runs
+    from .reports import format_summary
+
+    target, summary = compare_runs(list(runs), out=out, baseline=baseline, command=_invocation())
+    click.echo(format_summary(summary))
+    click.echo(f"wrote {target}")
+
+
+@main.command("sweep")
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
+              help="Model to evaluate (repeatable). Default: every bundled model for the dataset.")
+@click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
+@click.option("--dataset", default="builtin", show_default=True, help="'builtin', cifar10:ROOT or an ImageFolder.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
+@click.option("--corruption", required=True,
+              help="gaussian_noise (sigma), shot_noise (photons), impulse_noise (amount) or speckle_noise (sigma).")
+@click.option("--max", "maximum", type=float, required=True, help="Largest parameter value.")
+@click.option("--min", "minimum", type=float, default=None, help="Smallest value (default 0; 1 photon for shot_noise).")
+@click.option("--steps", type=int, default=11, show_default=True, help="Number of evenly spaced values.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default runs/sweep-<corruption>-<models>).")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def sweep_cli(**options: Any) -> None:
+    """Accuracy against a continuous corruption parameter: sweep.csv and plots sweep.{png,svg}."""
+    from .sweep import sweep_command
+
+    started = time.perf_counter()
+    target = sweep_command(**options)
+    click.echo(f"wrote {target} in {time.perf_counter() - started:.1f}s")
 
 
 @main.command()

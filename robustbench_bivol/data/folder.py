@@ -22,9 +22,11 @@ class BadImageError(DatasetError):
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, 16-bit I;16 / I) to 8-bit RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if array.max() > 255 else 255.0
+        if image.mode == "F" and array.max() <= 1.0:
+            peak = 1.0
         image = Image.fromarray((array / peak * 255).round().clip(0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
 
@@ -35,10 +37,11 @@ def load_image(path: str | Path, size: int, resize: int) -> torch.Tensor:
         with Image.open(path) as handle:
             image = to_rgb(handle)
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadImageError(f"cannot read image {path}: {exc}") from None
     if image.size != (size, size):
-        image = TF.resize(image, resize, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        # the shorter side goes to ``resize`` (>= size), so images smaller than the crop are enlarged
+        image = TF.resize(image, max(resize, size), interpolation=InterpolationMode.BILINEAR, antialias=True)
         image = TF.center_crop(image, [size, size])
     return TF.pil_to_tensor(image)
 

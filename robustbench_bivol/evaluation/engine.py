@@ -3,6 +3,12 @@
 The sample list is cut into shards. For each shard the clean images are decoded once; for each
 cell (corruption, severity) each batch is corrupted once and fed to every model. The store keeps
 one file per (cell, shard), so an interrupted run resumes where it stopped.
+
+Where a cell's images come from is a :class:`CellSource`: :class:`CorruptOnTheFly` decodes the
+clean images of a shard once and corrupts each batch (:func:`corrupt_batch`); :class:`ReadFromDisk`
+reads pre-rendered images (ImageNet-C / CIFAR-10-C folders). Both share the same loop.
+Unreadable images follow ``on_bad_image``: 'fail' stops with a one-line error naming the file,
+'skip' leaves the image out of the piece; the reports then drop it from every cell and model.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from tqdm.auto import tqdm
 import corruptions
 
 from ..checkpoint import CheckpointMeta
+from ..data.folder import BadImageError
 from .store import CLEAN, Cell, CellResult, RunStore
 
 
@@ -60,10 +67,12 @@ class EvalPlan:
     jpeg_quality: int | None = None
     shard_size: int = 512
     extra_config: dict[str, Any] = field(default_factory=dict)
+    include_clean: bool = True
 
     @property
     def cells(self) -> list[Cell]:
-        return [(CLEAN, 0)] + [(c, s) for c in self.corruption_names for s in self.severities]
+        clean = [(CLEAN, 0)] if self.include_clean else []
+        return clean + [(c, s) for c in self.corruption_names for s in self.severities]
 
     @property
     def shards(self) -> list[np.ndarray]:
@@ -91,15 +100,28 @@ def _digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset: Any, indices: np.ndarray) -> None:
-        self.dataset, self.indices = dataset, indices
+    def __init__(self, dataset: Any, indices: np.ndarray, tolerant: bool = False) -> None:
+        self.dataset, self.indices, self.tolerant = dataset, indices, tolerant
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.dataset[int(self.indices[i])]
+    def __getitem__(self, i: int) -> Any:
+        if not self.tolerant:
+            return self.dataset[int(self.indices[i])]
+        try:
+            image, label = self.dataset[int(self.indices[i])]
+            return image, label, None
+        except BadImageError as exc:  # reported by the main process, so workers never die on it
+            return None, -1, str(exc)
+
+
+def _keep_items(batch: list[Any]) -> list[Any]:
+    return batch
 
 
 def load_shard(dataset: Any, indices: np.ndarray, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +129,105 @@ def load_shard(dataset: Any, indices: np.ndarray, workers: int) -> tuple[torch.T
     loader = DataLoader(_Indexed(dataset, indices), batch_size=256, num_workers=workers, shuffle=False)
     images, labels = zip(*loader)
     return torch.cat(images), torch.cat(labels)
+
+
+def _bad_image(message: str) -> BadImageError:
+    return BadImageError(f"{message} (use --on-bad-image skip to leave unreadable images out)")
+
+
+@dataclass
+class Shard:
+    """A shard as the loop sees it: its readable samples, their labels and clean images if decoded."""
+
+    indices: np.ndarray
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+class CellSource:
+    """Where each cell's images come from: ``load`` a shard once, then ``cell_batch`` per batch."""
+
+    def __init__(self, dataset: Any, on_bad_image: str = "fail", workers: int = 0) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        self.dataset, self.on_bad_image, self.workers = dataset, on_bad_image, workers
+
+    def load(self, indices: np.ndarray) -> Shard:
+        raise NotImplementedError
+
+    def cell_batch(self, shard: Shard, start: int, stop: int, cell: Cell, plan: EvalPlan,
+                   device: torch.device) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The cell's uint8 images of ``shard[start:stop]`` on ``device`` and, when some could not
+        be read (skip policy), the boolean mask of those returned."""
+        raise NotImplementedError
+
+    def _decode(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict[int, str]]:
+        """Decode images ``indices`` of the dataset under the bad-image policy:
+        (images, labels, kept mask, {index: error} of the skipped ones)."""
+        loader = DataLoader(_Indexed(self.dataset, indices, tolerant=True), batch_size=256,
+                            num_workers=self.workers, shuffle=False, collate_fn=_keep_items)
+        images, labels, keep, skipped = [], [], [], {}
+        position = 0
+        for batch in loader:
+            for image, label, error in batch:
+                index = int(indices[position])
+                position += 1
+                if error is not None:
+                    if self.on_bad_image == "fail":
+                        raise _bad_image(error)
+                    skipped[index] = error
+                    keep.append(False)
+                    continue
+                images.append(image)
+                labels.append(int(label))
+                keep.append(True)
+        stacked = torch.stack(images) if images else torch.empty(0, dtype=torch.uint8)
+        return stacked, torch.as_tensor(labels, dtype=torch.int64), np.asarray(keep, dtype=bool), skipped
+
+
+class CorruptOnTheFly(CellSource):
+    """Clean images decoded once per shard; each cell's batch is corrupted in memory."""
+
+    def load(self, indices: np.ndarray) -> Shard:
+        images, labels, keep, skipped = self._decode(indices)
+        return Shard(np.asarray(indices)[keep], labels, images, skipped)
+
+    def cell_batch(self, shard: Shard, start: int, stop: int, cell: Cell, plan: EvalPlan,
+                   device: torch.device) -> tuple[torch.Tensor, np.ndarray | None]:
+        return corrupt_batch(shard.images[start:stop].to(device), shard.indices[start:stop], cell, plan), None
+
+
+class ReadFromDisk(CellSource):
+    """Pre-rendered cells read from disk (``dataset.read(cell, indices)``); the clean cell from the
+    dataset's clean images (``dataset[i]``)."""
+
+    def load(self, indices: np.ndarray) -> Shard:
+        labels = torch.as_tensor(np.asarray(self.dataset.labels)[np.asarray(indices, dtype=np.int64)])
+        return Shard(np.asarray(indices), labels)
+
+    def cell_batch(self, shard: Shard, start: int, stop: int, cell: Cell, plan: EvalPlan,
+                   device: torch.device) -> tuple[torch.Tensor, np.ndarray | None]:
+        indices = shard.indices[start:stop]
+        if cell[0] == CLEAN:
+            images, _, keep, _ = self._decode(indices)
+        else:
+            items = self.dataset.read(cell, indices.tolist())
+            keep = np.asarray([not isinstance(item, Exception) for item in items], dtype=bool)
+            if not keep.all():
+                first = next(item for item in items if isinstance(item, Exception))
+                if self.on_bad_image == "fail":
+                    raise _bad_image(str(first))
+            kept = [item for item in items if not isinstance(item, Exception)]
+            images = torch.stack(kept) if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+        return images.to(device), (None if keep.all() else keep)
+
+
+def source_for(dataset: Any, on_bad_image: str = "fail", workers: int = 0) -> CellSource:
+    if isinstance(dataset, CellSource):
+        return dataset
+    cls = ReadFromDisk if getattr(dataset, "is_prerendered", False) else CorruptOnTheFly
+    return cls(dataset, on_bad_image=on_bad_image, workers=workers)
 
 
 def corrupt_batch(images: torch.Tensor, indices: np.ndarray, cell: Cell, plan: EvalPlan) -> torch.Tensor:
@@ -118,28 +239,40 @@ def corrupt_batch(images: torch.Tensor, indices: np.ndarray, cell: Cell, plan: E
                                profile=plan.profile, jpeg_quality=plan.jpeg_quality)
 
 
-def _run_piece(plan: EvalPlan, models: Sequence[ModelEntry], shard: np.ndarray, cell: Cell, clean: torch.Tensor,
-               labels: torch.Tensor, device: torch.device, batch_size: int, amp: bool, bar: tqdm) -> CellResult:
-    """One (cell, shard): corrupt each batch once and feed it to every model."""
+def _run_piece(plan: EvalPlan, models: Sequence[ModelEntry], source: CellSource, shard: Shard, cell: Cell,
+               device: torch.device, batch_size: int, amp: bool, bar: tqdm) -> CellResult:
+    """One (cell, shard): produce each batch of the cell once and feed it to every model."""
     bar.set_postfix_str("clean" if cell[0] == CLEAN else f"{cell[0]} s{cell[1]}")
     predictions: dict[str, list[torch.Tensor]] = {m.name: [] for m in models}
-    for start in range(0, len(shard), batch_size):
-        stop = min(start + batch_size, len(shard))
-        batch = corrupt_batch(clean[start:stop].to(device), shard[start:stop], cell, plan)
-        for model in models:
-            predictions[model.name].append(model.predict(batch, amp).cpu())
+    kept_indices, kept_labels = [], []
+    for start in range(0, len(shard.indices), batch_size):
+        stop = min(start + batch_size, len(shard.indices))
+        batch, keep = source.cell_batch(shard, start, stop, cell, plan, device)
+        indices, labels = shard.indices[start:stop], shard.labels[start:stop]
+        if keep is not None:
+            indices, labels = indices[keep], labels[torch.from_numpy(keep)]
+        kept_indices.append(np.asarray(indices, dtype=np.int64))
+        kept_labels.append(labels.numpy().astype(np.int64))
+        if len(indices):
+            for model in models:
+                predictions[model.name].append(model.predict(batch, amp).cpu())
         bar.update(stop - start)
+    empty = np.empty(0, dtype=np.int64)
     return CellResult(
-        indices=np.asarray(shard, dtype=np.int64),
-        labels=labels.numpy().astype(np.int64),
-        predictions={name: torch.cat(p).numpy().astype(np.int32) for name, p in predictions.items()},
+        indices=np.concatenate(kept_indices) if kept_indices else empty,
+        labels=np.concatenate(kept_labels) if kept_labels else empty,
+        predictions={name: (torch.cat(p).numpy() if p else np.empty(0)).astype(np.int32)
+                     for name, p in predictions.items()},
     )
 
 
 def evaluate(plan: EvalPlan, models: Sequence[ModelEntry], dataset: Any, store: RunStore | None, *,
              device: str | torch.device = "cpu", batch_size: int = 128, workers: int = 0,
-             amp: bool = False, progress: bool = True) -> None:
+             amp: bool = False, progress: bool = True, on_bad_image: str = "fail") -> None:
     """Fill every missing (cell, shard) of ``store``; finished pieces are skipped.
+
+    ``dataset`` is a dataset (pre-rendered ones are read from disk, others corrupted on the fly)
+    or a :class:`CellSource`.
 
     Under torch.distributed, shard ``k`` belongs to rank ``k % world_size``. Rank 0 alone reads
     and writes the store (other ranks need no shared filesystem): it broadcasts what is already
@@ -149,6 +282,7 @@ def evaluate(plan: EvalPlan, models: Sequence[ModelEntry], dataset: Any, store: 
     """
     rank, world = _rank_and_world()
     device = torch.device(device)
+    source = source_for(dataset, on_bad_image, workers)
     for model in models:
         model.prepare(device)
     shards, cells = plan.shards, plan.cells
@@ -163,9 +297,10 @@ def evaluate(plan: EvalPlan, models: Sequence[ModelEntry], dataset: Any, store: 
             k = first + rank
             results: list[tuple[Cell, int, CellResult]] = []
             if k < len(shards) and todo[k]:
-                clean, labels = load_shard(dataset, shards[k], workers)
+                shard = source.load(shards[k])
+                bar.update((len(shards[k]) - len(shard.indices)) * len(todo[k]))  # skipped clean images
                 for cell in todo[k]:
-                    result = _run_piece(plan, models, shards[k], cell, clean, labels, device, batch_size, amp, bar)
+                    result = _run_piece(plan, models, source, shard, cell, device, batch_size, amp, bar)
                     if world == 1:
                         store.write(cell, k, result)  # write at once: a kill loses one piece at most
                     else:

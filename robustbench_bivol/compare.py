@@ -1,0 +1,132 @@
+"""``bivol-robust compare``: merge the results of several run folders into one comparison.
+
+Runs must have evaluated the same samples with the same corruption settings (dataset, sample
+set, seed, profile, JPEG step), otherwise their numbers are not comparable and the merge is
+refused. Models are read from each run's store (per-sample results, so paired CIs and McNemar
+tests work across runs) or, without one, from its results.csv. A model name found in more than
+one run is suffixed with its run's folder name.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UsageError
+from .evaluation.store import CLEAN, CONFIG_FILE, RunStore
+from .io import atomic_write_json
+
+#: run.json keys that must agree for results to be comparable.
+SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_quality", "clean_dataset")
+
+
+def _load_run(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise UsageError(f"run folder not found: {path}")
+    config_path = path / CONFIG_FILE
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if config is not None and (path / "cells").is_dir():
+        from .evaluation.run import collect
+
+        cells = [(CLEAN, 0)] + [(c, s) for c in config["corruptions"] for s in config["severities"]]
+        shards = math.ceil(config["n_samples"] / config["shard_size"])
+        models = list(config["models"])
+        tidy, per_sample, _ = collect(RunStore(path, config), cells, shards, models)
+    elif (path / "results.csv").is_file():
+        table = pd.read_csv(path / "results.csv")
+        tidy = table[["model", "corruption", "severity", "n", "correct"]].copy()
+        tidy["error"] = 1.0 - tidy["correct"] / tidy["n"]
+        per_sample = {}
+    else:
+        raise UsageError(f"{path} is not a run folder (no run.json + cells/ nor results.csv)")
+    if tidy.empty:
+        raise UsageError(f"{path} holds no finished cells yet")
+    return {"path": path, "config": config or {}, "summary": summary, "tidy": tidy, "per_sample": per_sample}
+
+
+def _check_comparable(runs: list[dict[str, Any]]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        for key in SAME_KEYS:
+            a, b = first["config"].get(key), run["config"].get(key)
+            if a != b:
+                what = {"dataset": "datasets", "n_samples": "sample sets", "indices_digest": "sample sets"}.get(
+                    key, f"corruption settings ({key})")
+                raise UsageError(f"cannot compare runs of different {what}: {first['path']} has {key}={a!r}, "
+                                 f"{run['path']} has {key}={b!r}")
+        if not first["config"] or not run["config"]:
+            n_a, n_b = set(first["tidy"]["n"]), set(run["tidy"]["n"])
+            if n_a != n_b:
+                raise UsageError(f"cannot compare runs of different sample sets: {first['path']} "
+                                 f"and {run['path']} (image counts {sorted(n_a)} vs {sorted(n_b)})")
+
+
+def _rename(runs: list[dict[str, Any]]) -> None:
+    """Suffix model names that occur in several runs with their run's folder name."""
+    counts = Counter(m for run in runs for m in dict.fromkeys(run["tidy"]["model"]))
+    labels = [run["path"].resolve().name for run in runs]
+    if len(set(labels)) != len(labels):
+        labels = [f"{label}{i + 1}" for i, label in enumerate(labels)]
+    for run, label in zip(runs, labels):
+        mapping = {m: (f"{m}@{label}" if counts[m] > 1 else m) for m in dict.fromkeys(run["tidy"]["model"])}
+        run["tidy"]["model"] = run["tidy"]["model"].map(mapping)
+        run["per_sample"] = {(mapping.get(k[0], k[0]), *k[1:]): v for k, v in run["per_sample"].items()}
+        run["mapping"] = mapping
+
+
+def _default_baseline(models: list[str]) -> str | None:
+    from .models import model_spec
+
+    for name in models:
+        try:
+            if model_spec(name.split("@", 1)[0]).operator == "static":
+                return name
+        except Exception:  # an architecture this installation does not know
+            continue
+    return None
+
+
+def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
+                 command: str = "") -> tuple[Path, dict[str, Any]]:
+    """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots."""
+    from .reports import write_reports
+
+    if len(run_dirs) < 2:
+        raise UsageError("compare needs at least two run folders")
+    runs = [_load_run(Path(p)) for p in run_dirs]
+    _check_comparable(runs)
+    _rename(runs)
+    tidy = pd.concat([run["tidy"] for run in runs], ignore_index=True)
+    per_sample: dict = {}
+    for run in runs:
+        per_sample.update(run["per_sample"])
+    if any(not run["per_sample"] for run in runs):
+        per_sample = {}  # CIs need every model's per-sample results; without them they are left out
+    models = list(dict.fromkeys(tidy["model"]))
+    if baseline is not None and baseline not in models:
+        raise UsageError(f"--baseline {baseline} is not among the compared models ({', '.join(models)})")
+    baseline = baseline or _default_baseline(models)
+    alexnet = all(run["summary"].get("alexnet_normalisation", False) for run in runs)
+    if out is None:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(run["path"].resolve().name for run in runs))[:120]
+        out = Path("runs") / f"compare-{slug}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = write_reports(out, tidy, per_sample=per_sample, baseline=baseline, alexnet_normalisation=alexnet,
+                            command=command)
+    summary["runs"] = {str(run["path"]): run["mapping"] for run in runs}
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "runs.json", {"runs": [str(run["path"].resolve()) for run in runs],
+                                          "models": summary["runs"],
+                                          "config": {k: runs[0]["config"].get(k) for k in SAME_KEYS}})
+    return out, summary
+
+
+__all__ = ["compare_runs", "SAME_KEYS"]

@@ -1,0 +1,115 @@
+"""``compare`` merges runs of the same samples; ``sweep`` evaluates a continuous noise parameter."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
+from robustbench_bivol.cli import main
+from robustbench_bivol.data.builtin import CLASSES, render
+from robustbench_bivol.models import create_model
+from robustbench_bivol.sweep import parameter_grid, sweep_images
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    images, labels = render(np.arange(N))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / "data" / CLASSES[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    meta = CheckpointMeta(arch="resnet20", num_classes=10, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          dataset="builtin", classes=list(CLASSES))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(root / f"r20-{seed}.pt", create_model("resnet20").state_dict(), meta)
+    return root
+
+
+def _invoke(args):
+    result = CliRunner().invoke(main, args)
+    return result
+
+
+def _evaluate(setup, out, weights, *extra):
+    result = _invoke(["evaluate", "-m", f"resnet20={setup / weights}", "--dataset", str(setup / "data"),
+                      "--corruptions", "gaussian_noise", "--severities", "2", "--out", str(out), "--no-progress",
+                      *extra])
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(out / "results.csv")
+
+
+def test_compare_merges_suffixes_and_refuses(setup, tmp_path):
+    a = _evaluate(setup, tmp_path / "runA", "r20-0.pt")
+    b = _evaluate(setup, tmp_path / "runB", "r20-1.pt")
+    out = tmp_path / "cmp"
+    result = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "runB"), "--out", str(out),
+                      "--baseline", "resnet20@runA"])
+    assert result.exit_code == 0, result.output
+    merged = pd.read_csv(out / "results.csv")
+    assert list(dict.fromkeys(merged["model"])) == ["resnet20@runA", "resnet20@runB"]
+    for name, run in (("resnet20@runA", a), ("resnet20@runB", b)):
+        mine = merged[merged.model == name].reset_index(drop=True)
+        assert mine["correct"].tolist() == run["correct"].tolist() and (mine["n"] == N).all()
+    table = pd.read_csv(out / "corruption_errors.csv", index_col=0)
+    assert list(table.columns) == ["resnet20@runA", "resnet20@runB"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "resnet20@runA" and set(summary["models"]) == {"resnet20@runA", "resnet20@runB"}
+    assert (out / "plots" / "error_vs_severity.png").is_file()
+
+    _evaluate(setup, tmp_path / "small", "r20-0.pt", "--limit", "5")
+    refused = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "small"), "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "different sample sets" in refused.output
+    assert refused.output.count("\n") == 1
+    other = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "nothing")])
+    assert other.exit_code == 2 and "run folder not found" in other.output
+
+
+def test_sweep_writes_csv_and_plots(setup, tmp_path):
+    clean = _evaluate(setup, tmp_path / "run", "r20-0.pt")
+    out = tmp_path / "sweep"
+    result = _invoke(["sweep", "-m", f"resnet20={setup / 'r20-0.pt'}", "-m", f"resnet56={setup / 'r20-0.pt'}",
+                      "--dataset", str(setup / "data"), "--corruption", "gaussian_noise", "--max", "0.5",
+                      "--steps", "3", "--out", str(out), "--no-progress"])
+    # resnet56 with resnet20 weights is refused before any work
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    result = _invoke(["sweep", "-m", f"resnet20={setup / 'r20-0.pt'}", "--dataset", str(setup / "data"),
+                      "--corruption", "gaussian_noise", "--max", "0.5", "--steps", "3", "--out", str(out),
+                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table.columns) == ["model", "parameter", "n", "correct", "accuracy"]
+    assert table["parameter"].tolist() == pytest.approx([0.0, 0.25, 0.5])
+    assert (table["n"] == N).all()
+    clean_correct = clean[clean.corruption == "clean"]["correct"].item()
+    assert table["correct"].iloc[0] == clean_correct  # sigma 0 is the clean image
+    assert (out / "sweep.png").is_file() and (out / "sweep.svg").is_file()
+    bad = _invoke(["sweep", "-m", f"resnet20={setup / 'r20-0.pt'}", "--dataset", str(setup / "data"),
+                   "--corruption", "fog", "--max", "1", "--out", str(out)])
+    assert bad.exit_code == 2 and "cannot be swept" in bad.output
+
+
+@pytest.mark.parametrize("name,grid", [("gaussian_noise", (0.5, 5, None)), ("shot_noise", (100, 4, 2)),
+                                       ("impulse_noise", (0.3, 4, None))])
+def test_sweep_ops_are_seeded_and_monotone(name, grid):
+    images, _ = render(np.arange(4))
+    params = parameter_grid(name, grid[0], grid[1], grid[2])
+    distances = []
+    for c in params:
+        a = sweep_images(images, [0, 1, 2, 3], name, float(c), seed=0)
+        b = sweep_images(images[[2, 3]], [2, 3], name, float(c), seed=0)
+        assert a.dtype == torch.uint8 and torch.equal(a[2:], b)  # per-image streams, batch-independent
+        distances.append((a.float() - images.float()).abs().mean().item())
+    strength = distances if name != "shot_noise" else distances[::-1]  # more photons, less noise
+    assert strength == sorted(strength)
+    if name != "shot_noise":
+        assert distances[0] == 0.0
