@@ -58,6 +58,8 @@ class RunStore:
                 )
         else:
             atomic_write_json(path, config)
+        for stray in root.glob("cells/*/.*.tmp"):  # left by a killed writer; never read as results
+            stray.unlink(missing_ok=True)
         return cls(root, config)
 
     def _path(self, cell: Cell, shard: int) -> Path:
