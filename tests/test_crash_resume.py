@@ -15,48 +15,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
-from robustbench_bivol.data import BuiltinShapes
-from robustbench_bivol.models import create_model
+from _support import make_checkpoint, store_predictions
 
 # 600 samples -> shards of 512 and 88; cells clean and gaussian_noise s1 -> four pieces, written in
 # the order (shard 0: clean, noise), (shard 1: clean, noise). The kill comes after the first one.
 LIMIT = 600
 PIECE = re.compile(r"shard-\d{5}\.npz")
 TIMEOUT = 400
-
-
-def make_checkpoint(path: Path) -> Path:
-    """Random resnet20 with BatchNorm statistics calibrated on a few built-in images, so that its
-    predictions vary from image to image (an uncalibrated random net predicts one class)."""
-    torch.manual_seed(0)
-    model = create_model("resnet20")
-    x = (BuiltinShapes("test", 32, seed=0).images[-128:].float() / 255 - 0.5) / 0.25
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-    meta = CheckpointMeta(arch="resnet20", num_classes=10, input_size=32, mean=(0.5, 0.5, 0.5),
-                          std=(0.25, 0.25, 0.25), dataset="builtin", classes=list(BuiltinShapes.classes))
-    save_checkpoint(path, model.state_dict(), meta)
-    return path
-
-
-def store_predictions(run: Path) -> dict[tuple[str, str], np.ndarray]:
-    """{(cell folder, 'indices' | 'labels' | 'pred::model'): array ordered by sample index}."""
-    out: dict[tuple[str, str], np.ndarray] = {}
-    for cell in sorted(p for p in (run / "cells").iterdir() if p.is_dir()):
-        parts = [np.load(f) for f in sorted(cell.glob("shard-*.npz"))]
-        indices = np.concatenate([p["indices"] for p in parts])
-        order = np.argsort(indices, kind="stable")
-        out[(cell.name, "indices")] = indices[order]
-        out[(cell.name, "labels")] = np.concatenate([p["labels"] for p in parts])[order]
-        for key in parts[0].files:
-            if key.startswith("pred::"):
-                out[(cell.name, key)] = np.concatenate([p[key] for p in parts])[order]
-    return out
 
 
 def _command(checkpoint: Path, out: Path) -> list[str]:

@@ -38,7 +38,6 @@ def test_every_operator_family_is_registered():
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward(name):
-    spec = model_spec(name)
     model = create_model(name, num_classes=7)
     size = 32  # ImageNet models too (layer4 is 1x1; batch 2 keeps training-mode BN defined)
     x = torch.randn(2, 3, size, size)
