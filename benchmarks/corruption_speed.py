@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + sections[-1], flush=True)
 
     if args.out:
-        header = [f"# Corruption throughput: reference (imagecorruptions) vs torch backend", "",
+        header = ["# Corruption throughput: reference (imagecorruptions) vs torch backend", "",
                   f"Generated {dt.datetime.now().isoformat(timespec='seconds')} by "
                   f"`python benchmarks/corruption_speed.py{' --quick' if args.quick else ''}`.", "",
                   f"Machine: {machine()}.", "",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import subprocess
 import sys
 import tempfile

@@ -33,6 +33,9 @@ class TorchCorruption:
     name: str
     fn: CorruptionFn
     params: dict[str, tuple[Any, ...]]  # profile -> 5 entries, severity 1..5
+    #: optional uint8 -> uint8 implementation with the same output as ``to_uint8(fn(u / 255))``,
+    #: used by :func:`corruptions.corrupt` for the 8-bit ops (pixelate, JPEG).
+    fn_uint8: Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor] | None = None
 
     def param(self, profile: str, severity: int) -> Any:
         return self.params[profile][severity - 1]
@@ -41,15 +44,18 @@ class TorchCorruption:
 IMPLEMENTATIONS: dict[str, TorchCorruption] = {}
 
 
-def register(name: str, params: dict[str, Sequence[Any]]) -> Callable[[CorruptionFn], CorruptionFn]:
-    """Register ``fn`` as the torch implementation of ``name`` with its profile tables."""
+def register(name: str, params: dict[str, Sequence[Any]],
+             fn_uint8: CorruptionFn | None = None) -> Callable[[CorruptionFn], CorruptionFn]:
+    """Register ``fn`` as the torch implementation of ``name`` with its profile tables (and an
+    optional uint8 -> uint8 fast path, see :attr:`TorchCorruption.fn_uint8`)."""
     validate(name)
     missing = set(PROFILE_SIZES) - set(params)
     if missing or any(len(v) != 5 for v in params.values()):
         raise ValueError(f"{name}: need 5 parameters for each profile {sorted(PROFILE_SIZES)}")
 
     def decorator(fn: CorruptionFn) -> CorruptionFn:
-        IMPLEMENTATIONS[name] = TorchCorruption(name, fn, {k: tuple(v) for k, v in params.items()})
+        IMPLEMENTATIONS[name] = TorchCorruption(name, fn, {k: tuple(v) for k, v in params.items()},
+                                                fn_uint8)
         return fn
 
     return decorator

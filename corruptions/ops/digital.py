@@ -40,6 +40,13 @@ from .base import register
 
 def exact64(x: torch.Tensor) -> torch.Tensor:
     """float64 copy of ``x``; values within 1e-6 of a level k/255 become exactly k/255 (float64)."""
+    if x.dtype == torch.float32:
+        # Fast path (the api's inputs u / 255): when every element is within 1e-4 of a level in
+        # float32, it is within 1e-4 + 2e-5 < 255e-6 levels of it in exact arithmetic, i.e. the
+        # 1e-6 test below passes everywhere and the answer is exactly ``round(x * 255) / 255``.
+        levels = torch.round(x * 255)
+        if bool(((x * 255).sub_(levels).abs_() <= 1e-4).all()):
+            return levels.double().div_(255)
     xd = x.double()
     snapped = torch.round(xd * 255) / 255
     return torch.where((xd - snapped).abs() < 1e-6, snapped, xd)
@@ -100,7 +107,23 @@ def saturate(x: torch.Tensor, c: tuple[float, float], generators: Sequence[torch
     return hsv_to_rgb(torch.stack([h, (s * c[0] + c[1]).clamp(0, 1), v], dim=-3))
 
 
-@register("contrast", params={
+def _contrast_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``to_uint8(contrast(u / 255))`` through a per-(image, channel) table of the 256 levels:
+    the per-element float64 arithmetic is the same, done once per level instead of per pixel."""
+    means = u.double().div_(255).mean(dim=(-2, -1), keepdim=True)  # as exact64(u / 255).mean
+    levels = torch.arange(256, dtype=torch.float64, device=u.device).div_(255)
+    table = to_uint8_exact((levels - means) * c + means)  # (B, 3, 1, 256)
+    b, ch = u.shape[:2]
+    index = u.reshape(b, ch, -1).long()
+    return table.view(b, ch, 256).gather(-1, index).view_as(u)
+
+
+def to_uint8_exact(y: torch.Tensor) -> torch.Tensor:
+    """The api's float64 -> uint8 step (clip, scale, truncate), as ``np.uint8``."""
+    return y.clamp_(0, 1).mul_(255).floor_().to(torch.uint8)
+
+
+@register("contrast", fn_uint8=_contrast_uint8, params={
     "imagenet": [0.4, .3, .2, .1, .05],
     "tinyimagenet": [.4, .3, .2, .1, .05],
     "cifar": [.75, .5, .4, .3, 0.15],
@@ -141,23 +164,54 @@ def _box_weights(in_size: int, out_size: int) -> torch.Tensor:
     return weights
 
 
-def _apply(levels: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
-    """One fixed-point pass along ``dim`` (-1: width, -2: height) with Pillow's rounding."""
-    w = weights.to(levels.device)
-    acc = levels @ w.T if dim == -1 else w @ levels
-    acc = torch.floor((acc + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS))
-    return acc.clamp(0, 255)
+@functools.lru_cache(maxsize=64)
+def _box_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The non-zero entries of :func:`_box_weights` as taps: ``index`` (out_size, K) int64 into
+    the input line and ``weight`` (out_size, K) int32 (padded with zero weights), and whether the
+    pass is a plain copy (one tap of weight ``1 << 22`` per output: nearest-pixel up-sampling)."""
+    dense = _box_weights(in_size, out_size)
+    nonzero = dense != 0
+    k = max(1, int(nonzero.sum(1).max()))
+    index = torch.zeros(out_size, k, dtype=torch.int64)
+    weight = torch.zeros(out_size, k, dtype=torch.int32)
+    for row in range(out_size):
+        cols = nonzero[row].nonzero().flatten()
+        index[row, :len(cols)] = cols
+        weight[row, :len(cols)] = dense[row, cols].to(torch.int32)
+    copy = k == 1 and bool((weight == 1 << _PRECISION_BITS).all())
+    return index, weight, copy
+
+
+def _apply(levels: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """One fixed-point pass along the rows (dimension -2) with Pillow's rounding.
+
+    ``levels`` holds integers 0..255 (uint8 or int32). Integer arithmetic is exact: the weights
+    of an output sum to about ``1 << 22``, so ``255 * sum + (1 << 21) < 2 ** 31``. Returns uint8.
+    Row selections copy whole contiguous lines, which is why the width pass runs transposed.
+    """
+    index, weight, copy = _box_taps(in_size, out_size)
+    index = index.to(levels.device)
+    if copy:
+        return levels.index_select(-2, index[:, 0]).to(torch.uint8)
+    weight = weight.to(levels.device).unsqueeze(-1)
+    levels = levels.to(torch.int32)
+    acc = levels.index_select(-2, index[:, 0]).mul_(weight[:, 0])
+    for k in range(1, index.shape[1]):
+        acc.addcmul_(levels.index_select(-2, index[:, k]), weight[:, k])
+    acc.add_(1 << (_PRECISION_BITS - 1)).bitwise_right_shift_(_PRECISION_BITS)
+    return acc.clamp_(0, 255).to(torch.uint8)
 
 
 def pil_box_resize(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``PIL.Image.resize((width, height), Image.BOX)`` on 8-bit levels (float64, integers in
-    0..255) of shape (..., H, W): horizontal pass first, each pass rounded to 8 bits."""
-    out = levels
+    """``PIL.Image.resize((width, height), Image.BOX)`` on 8-bit levels (integers in 0..255, any
+    dtype; float input must hold whole numbers) of shape (..., H, W): horizontal pass first,
+    each pass rounded to 8 bits. Returns the input's dtype."""
+    out = levels if levels.dtype == torch.uint8 else levels.to(torch.int32)
     if width != levels.shape[-1]:
-        out = _apply(out, _box_weights(levels.shape[-1], width), -1)
+        out = _apply(out.transpose(-1, -2).contiguous(), levels.shape[-1], width).transpose(-1, -2)
     if height != levels.shape[-2]:
-        out = _apply(out, _box_weights(levels.shape[-2], height), -2)
-    return out
+        out = _apply(out.contiguous(), levels.shape[-2], height)
+    return out.to(levels.dtype).contiguous()
 
 
 def to_levels(x: torch.Tensor) -> torch.Tensor:
@@ -165,24 +219,33 @@ def to_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.double().clamp(0, 1) * 255)
 
 
-@register("pixelate", params={
+def _pixelate_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    height, width = u.shape[-2:]
+    small = pil_box_resize(u, int(height * c), int(width * c))
+    return pil_box_resize(small, height, width)
+
+
+@register("pixelate", fn_uint8=_pixelate_uint8, params={
     "imagenet": [0.6, 0.5, 0.4, 0.3, 0.25],
     "tinyimagenet": [0.9, 0.8, 0.7, 0.6, 0.5],
     "cifar": [0.95, 0.9, 0.85, 0.75, 0.65],
 })
 def pixelate(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """BOX-downsample to ``int(side * c)`` per side and BOX-upsample back (Pillow, bit-exact)."""
-    height, width = x.shape[-2:]
-    small = pil_box_resize(to_levels(x), int(height * c), int(width * c))
-    return pil_box_resize(small, height, width) / 255
+    return _pixelate_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
 
 
-@register("jpeg_compression", params={
+
+def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    return jpeg_round_trip(u, quality=c)
+
+
+@register("jpeg_compression", fn_uint8=_jpeg_uint8, params={
     "imagenet": [25, 18, 15, 10, 7],
     "tinyimagenet": [65, 58, 50, 40, 25],
     "cifar": [80, 65, 58, 50, 40],
 })
 def jpeg_compression(x: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Encode each image as JPEG at quality ``c`` with Pillow and decode it."""
-    coded = jpeg_round_trip(to_levels(x).to(torch.uint8), quality=c)
-    return coded.double() / 255
+    return _jpeg_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
+

@@ -50,6 +50,10 @@ def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
     """Pad the last two dimensions by index mapping, for any pad width and SciPy border mode."""
     h, w = x.shape[-2:]
+    if (mode in ("nearest", "mirror") and x.dim() == 4 and x.is_floating_point()
+            and max(top, bottom) < h and max(left, right) < w):
+        # the same copies through torch's native padding (reflect = reflect-101 = 'mirror')
+        return F.pad(x, (left, right, top, bottom), mode="replicate" if mode == "nearest" else "reflect")
     rows = border_index(torch.arange(-top, h + bottom, device=x.device), h, mode)
     cols = border_index(torch.arange(-left, w + right, device=x.device), w, mode)
     return x.index_select(-2, rows).index_select(-1, cols)
@@ -111,15 +115,37 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> tor
     Default border: OpenCV's BORDER_REFLECT_101.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
-    kernel = _trim_zero_border(kernel.to(device=x.device, dtype=dtype))
+    kernel = kernel.to(device=x.device, dtype=dtype)
+    if x.dim() != 4 or x.shape[0] == 1:
+        return _filter2d_fft(x, kernel, mode, dtype)
+    # Batched FFTs round differently depending on how many transforms run together (and a batch
+    # of kernels is trimmed to its widest member), so every image is filtered on its own, as if
+    # it came alone: its output never depends on the batch it came in.
+    if kernel.dim() == 2:
+        kernel = _trim_zero_border(kernel)
+        spectra: dict[tuple[int, int], torch.Tensor] = {}
+        return torch.cat([_filter2d_fft(x[i:i + 1], kernel, mode, dtype, spectra)
+                          for i in range(x.shape[0])])
+    return torch.cat([_filter2d_fft(x[i:i + 1], kernel[i:i + 1], mode, dtype)
+                      for i in range(x.shape[0])])
+
+
+def _filter2d_fft(x: torch.Tensor, kernel: torch.Tensor, mode: str, dtype: torch.dtype,
+                  spectra: dict | None = None) -> torch.Tensor:
+    kernel = _trim_zero_border(kernel)
     kh, kw = kernel.shape[-2:]
     ry, rx = kh // 2, kw // 2
+    if kernel.dim() == 3:
+        kernel = kernel.unsqueeze(1)  # (B, 1, kh, kw): one kernel for all channels of an image
     xp = pad2d(x, ry, ry, rx, rx, mode)
     h, w = x.shape[-2:]
     hp, wp = xp.shape[-2:]
-    if kernel.dim() == 3:
-        kernel = kernel.unsqueeze(1)  # (B, 1, kh, kw): one kernel for all channels of an image
-    spectrum = torch.fft.rfft2(xp.to(dtype)) * torch.fft.rfft2(kernel, s=(hp, wp)).conj()
+    kspec = None if spectra is None else spectra.get((hp, wp))
+    if kspec is None:
+        kspec = torch.fft.rfft2(kernel, s=(hp, wp)).conj()
+        if spectra is not None:
+            spectra[(hp, wp)] = kspec
+    spectrum = torch.fft.rfft2(xp.to(dtype)) * kspec
     return torch.fft.irfft2(spectrum, s=(hp, wp))[..., :h, :w].to(x.dtype)
 
 

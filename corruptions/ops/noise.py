@@ -19,6 +19,17 @@ def per_image(generators: Sequence[torch.Generator], draw: Callable[[torch.Gener
     return torch.stack([draw(g) for g in generators]).to(device)
 
 
+def per_image_into(generators: Sequence[torch.Generator], shape: tuple[int, ...], sampler: str,
+                   device: torch.device) -> torch.Tensor:
+    """``per_image`` for ``torch.rand`` / ``torch.randn`` (same numbers), drawn straight into one
+    preallocated CPU batch instead of stacking copies."""
+    out = torch.empty(len(generators), *shape)
+    fn = torch.rand if sampler == "rand" else torch.randn
+    for row, g in zip(out, generators):
+        fn(shape, generator=g, out=row)
+    return out.to(device)
+
+
 @register("gaussian_noise", params={
     "imagenet": [.08, .12, 0.18, 0.26, 0.38],
     "tinyimagenet": [0.04, 0.08, .12, .15, .18],
@@ -26,9 +37,8 @@ def per_image(generators: Sequence[torch.Generator], draw: Callable[[torch.Gener
 })
 def gaussian_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Additive N(0, c^2) noise per element."""
-    shape = x.shape[1:]
-    noise = per_image(generators, lambda g: torch.randn(shape, generator=g), x.device)
-    return x + c * noise
+    noise = per_image_into(generators, tuple(x.shape[1:]), "randn", x.device)
+    return noise.mul_(c).add_(x)  # x + c * noise (addition commutes exactly)
 
 
 @register("shot_noise", params={
@@ -46,7 +56,16 @@ def shot_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator])
     return counts.to(x.device) / float(c)
 
 
-@register("impulse_noise", params={
+def _impulse_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``to_uint8(impulse_noise(u / 255))`` on the 8-bit levels: kept elements stay ``u``
+    (``to_uint8(u / 255) == u``), salt becomes 255 and pepper 0; same draws, same masks."""
+    draws = per_image_into(generators, (2, *u.shape[1:]), "rand", u.device)
+    flipped = draws[:, 0] <= c
+    salt = draws[:, 1] <= 0.5
+    return u.masked_fill(flipped & salt, 255).masked_fill_(flipped & ~salt, 0)
+
+
+@register("impulse_noise", fn_uint8=_impulse_uint8, params={
     "imagenet": [.03, .06, .09, 0.17, 0.27],
     "tinyimagenet": [.01, .02, .05, .08, .14],
     "cifar": [.01, .02, .03, .05, .07],
@@ -54,10 +73,10 @@ def shot_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator])
 def impulse_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """skimage ``random_noise(mode='s&p', amount=c)``: each element is flipped with
     probability c, independently per channel, to 1 (salt) or 0 (pepper) with equal odds."""
-    shape = (2, *x.shape[1:])
-    u = per_image(generators, lambda g: torch.rand(shape, generator=g), x.device)
-    flipped, salted = u[:, 0] <= c, u[:, 1] <= 0.5
-    return torch.where(flipped, salted.to(x.dtype), x)
+    u = per_image_into(generators, (2, *x.shape[1:]), "rand", x.device)
+    flipped = u[:, 0] <= c
+    salt = u[:, 1] <= 0.5
+    return x.masked_fill(flipped & salt, 1.0).masked_fill_(flipped & ~salt, 0.0)
 
 
 @register("speckle_noise", params={
@@ -67,6 +86,5 @@ def impulse_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generato
 })
 def speckle_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Multiplicative noise ``x + x * N(0, c^2)``: stronger in bright regions."""
-    shape = x.shape[1:]
-    noise = per_image(generators, lambda g: torch.randn(shape, generator=g), x.device)
-    return x + x * (c * noise)
+    noise = per_image_into(generators, tuple(x.shape[1:]), "randn", x.device)
+    return noise.mul_(c).mul_(x).add_(x)  # x + x * (c * noise), same roundings
