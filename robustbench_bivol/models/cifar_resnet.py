@@ -105,8 +105,16 @@ def dyconv_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.M
 
 
 def involution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    """Involution followed by a 1x1 conv.
+
+    Involution mixes no channels (its kernel is shared by the C/16 channels of a group), so two
+    of them in a basic block would leave the network almost no channel mixing: at 16 channels
+    there is one group and the block has no learnable filters across channels. RedNet surrounds
+    involution with 1x1 convs in its bottleneck; the pointwise conv here plays that role.
+    """
     from .operators import Involution2d
-    return Involution2d(in_channels, out_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL)
+    return nn.Sequential(Involution2d(in_channels, in_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL),
+                         nn.Conv2d(in_channels, out_channels, 1, bias=False))
 
 
 def bivolution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
