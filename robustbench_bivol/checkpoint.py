@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,17 +83,29 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warnings would break the one-line error
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused or file corrupt: both are the user's to fix
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot load checkpoint {path} safely (weights_only=True): {first[:200]}"
+            f"cannot load checkpoint {path} safely (weights_only=True): {_load_failure(exc)}; only tensors and "
+            "plain values are accepted (corrupt file, or a pickled object: re-save its state_dict)"
         ) from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise CheckpointError(
             f"{path} is not a robustbench_bivol checkpoint (expected keys 'state_dict' and 'meta')."
         )
     return payload["state_dict"], CheckpointMeta.from_dict(payload["meta"]), payload.get("extra", {})
+
+
+def _load_failure(exc: Exception) -> str:
+    """The useful part of torch.load's (long, multi-line) refusal: what the unpickler rejected."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # skip torch's advice to retry with weights_only=False
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+        text = re.split(r"\. Please use|\n\s*\n", text, maxsplit=1)[0]
+    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    return first[:200]
 
 
 def sha256_of(path: str | Path) -> str:

@@ -46,7 +46,28 @@ def _invocation() -> str:
     return "bivol-robust " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrorGroup(click.Group):
+    """Click's own usage errors (bad option value, missing option, unknown command) also end as one
+    line ``error: ...`` with exit code 2, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `bivol-robust`: the help text is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(" ".join(exc.format_message().split("\n")) + hint, exc.exit_code)
+        except click.Abort:
+            _fail("aborted.", 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robustbench_bivol")
 def main() -> None:
     """Measure how robust convolution operators are to common image corruptions."""
@@ -56,7 +77,11 @@ def _severities(value: str) -> list[int]:
     from corruptions.registry import validate_severity
 
     try:
-        return sorted({validate_severity(int(v)) for v in value.split(",") if v.strip()})
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in parts if not v.lstrip("-").isdigit()]
+        if bad:
+            raise ValueError(f"'{bad[0]}' is not a number; give comma-separated integers 1..5, e.g. 1,3,5")
+        return sorted({validate_severity(int(v)) for v in parts})
     except ValueError as exc:
         raise UsageError(f"--severities: {exc}") from None
 

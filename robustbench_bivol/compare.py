@@ -93,6 +93,18 @@ def _default_baseline(models: list[str]) -> str | None:
     return None
 
 
+def _check_baseline_covers(tidy: pd.DataFrame, models: list[str], baseline: str) -> None:
+    from . import metrics as M
+
+    for model in models:
+        try:
+            M.baseline_ce(tidy, model, baseline)
+        except M.IncompleteResultsError as exc:
+            raise M.IncompleteResultsError(
+                f"{exc}; finish the baseline's run on those cells (rerun its evaluate command) "
+                "or choose another --baseline") from None
+
+
 def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
                  command: str = "") -> tuple[Path, dict[str, Any]]:
     """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots."""
@@ -112,6 +124,8 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
     models = list(dict.fromkeys(tidy["model"]))
     if baseline is not None and baseline not in models:
         raise UsageError(f"--baseline {baseline} is not among the compared models ({', '.join(models)})")
+    if baseline is not None:  # asked for by name: refuse an mCE that would silently leave models out
+        _check_baseline_covers(tidy, models, baseline)
     baseline = baseline or _default_baseline(models)
     alexnet = all(run["summary"].get("alexnet_normalisation", False) for run in runs)
     if out is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def download(url: str) -> Path:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(url, str(target), hash_prefix=None, progress=True)
+            torch.hub.download_url_to_file(url, str(target), hash_prefix=None, progress=sys.stderr.isatty())
         except Exception as exc:  # network errors have many types; all mean the same to a user
             raise CheckpointError(f"cannot download {url}: {exc}") from None
     actual = sha256_of(target)

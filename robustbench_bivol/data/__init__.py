@@ -11,11 +11,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..errors import DatasetError
+from ..errors import DatasetError, UsageError
 from .builtin import BuiltinShapes
 from .folder import ImageFolderDataset
 
 BUILTIN = "builtin"
+
+
+class LimitError(DatasetError, UsageError):
+    """A --limit that the dataset cannot satisfy: exit code 2 (usage), a DatasetError for API callers."""
+
+    exit_code = UsageError.exit_code
 
 
 class EvalDataset(Protocol):
@@ -104,9 +110,9 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
     if limit is None or limit == total:
         return np.arange(total)
     if limit <= 0:
-        raise DatasetError(f"--limit must be positive, got {limit}")
+        raise LimitError(f"--limit must be positive, got {limit}")
     if limit > total:
-        raise DatasetError(f"--limit {limit} is larger than the dataset ({total} images)")
+        raise LimitError(f"--limit {limit} is larger than the dataset ({total} images); give at most {total}")
     per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     rank = np.empty(total, dtype=np.int64)
     for members in per_class:

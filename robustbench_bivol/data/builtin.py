@@ -16,6 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
+
+
+class UnknownSplitError(UsageError, ValueError):
+    """A split name the built-in dataset does not have (a usage error, and a ValueError for API callers)."""
+
 CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "cross", "ring",
     "star", "hexagon", "ellipse", "diamond", "crescent",
@@ -118,7 +124,7 @@ def _local(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor, angle: torch.
 def render(indices: np.ndarray | list[int], split: str = "test", size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Render images ``indices`` of ``split``: uint8 (N,3,size,size) and int64 labels (N,)."""
     if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown split '{split}' (choose from {', '.join(SPLIT_SIZES)})")
+        raise UnknownSplitError(f"unknown split '{split}' (choose from {', '.join(SPLIT_SIZES)})")
     idx = np.asarray(indices, dtype=np.int64)
     p = {k: torch.from_numpy(v).float() for k, v in _draw_parameters(seed, split, idx).items()}
     n, res = len(idx), size * _SUPERSAMPLE
@@ -171,7 +177,7 @@ class BuiltinShapes(Dataset):
                  chunk: int = 1000) -> None:
         total = SPLIT_SIZES.get(split)
         if total is None:
-            raise ValueError(f"unknown split '{split}' (choose from {', '.join(SPLIT_SIZES)})")
+            raise UnknownSplitError(f"unknown split '{split}' (choose from {', '.join(SPLIT_SIZES)})")
         self.split, self.size, self.seed = split, size, seed
         self.name = f"builtin:{split}:seed{seed}:{size}px"
         count = total if length is None else length

@@ -36,6 +36,9 @@ def _default_out(dataset: str, names: list[str]) -> Path:
 
 
 def load_models(models: tuple[str, ...], default_weights: str | None, dataset: str) -> list[ModelEntry]:
+    if default_weights is not None and models and all("=" in spec for spec in models):
+        raise UsageError(f"--weights {default_weights} is unused: every --model names its own weights "
+                         "(NAME=WEIGHTS); drop --weights or the '=WEIGHTS' parts")
     names = list(models) or bundled_models_for(dataset)
     entries = [load_entry(spec, default_weights, dataset) for spec in names]
     keys = [entry.name for entry in entries]
