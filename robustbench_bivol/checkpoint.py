@@ -6,9 +6,8 @@ Checkpoints hold only tensors and plain Python values, so they load with
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -58,8 +58,6 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write atomically (temp file + rename), so an interrupted save never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format_version": FORMAT_VERSION,
         "meta": asdict(meta),
@@ -67,14 +65,9 @@ def save_checkpoint(
     }
     if extra:
         payload["extra"] = extra
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta, dict[str, Any]]:

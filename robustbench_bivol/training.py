@@ -181,7 +181,7 @@ def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> P
         "command": command, "train_config": asdict(config), "epochs": config.epochs,
         "test_accuracy": extra["log"][-1]["test_acc"] if extra["log"] else None,
         "train_seconds": round(sum(row["seconds"] for row in extra["log"]), 1),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": str(torch.__version__), "python": platform.python_version(),
     }
     final = out / "final.pt"
     save_checkpoint(final, state, meta)

@@ -75,6 +75,7 @@ def _unfold_involution(x, kernels, k, stride):
 @pytest.mark.parametrize("k,stride,size", [(7, 1, 8), (3, 1, 5), (7, 2, 8), (3, 2, 9)])
 def test_involution_equals_unfold_reference(k, stride, size):
     m = Involution2d(32, stride=stride, kernel_size=k)
+    torch.nn.init.normal_(m.span.weight)  # position-dependent kernels (the init makes them constant)
     x = torch.randn(2, 32, size, size, requires_grad=True)
     kernels = m.generate_kernels(x)
     assert kernels.shape[:3] == (2, 2, k * k)  # G = 32 / 16
@@ -100,6 +101,7 @@ def test_involution_channel_change_uses_projection():
 def test_bivolution_without_static_and_sakg_is_involution():
     inv = Involution2d(32, stride=2, kernel_size=7).eval()
     bi = Bivolution2d(32, stride=2, kernel_size=7, static_branch=False, sakg=False).eval()
+    torch.nn.init.normal_(inv.span.weight)
     bi.dynamic.load_state_dict(inv.state_dict())  # same keys: bi.dynamic IS an involution
     assert set(bi.state_dict()) == {f"dynamic.{k}" for k in inv.state_dict()}
     x = torch.randn(2, 32, 8, 8)
