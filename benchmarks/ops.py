@@ -1,0 +1,397 @@
+"""Speed and memory of the dynamic operators, and latency of the ResNet-50-sized models.
+
+    /work/venv/bin/python benchmarks/ops.py                  # full run (quiet machine, minutes)
+    /work/venv/bin/python benchmarks/ops.py --quick          # small shapes, smoke test (< 3 min)
+    /work/venv/bin/python benchmarks/ops.py --device cuda    # on a GPU
+    /work/venv/bin/python benchmarks/ops.py --quick --out benchmarks/RESULTS-ops.md
+
+1. Operator table at the ImageNet ResNet-50 stage shapes (C@HxW = 64@56, 128@28, 256@14, 512@7,
+   batch 32; --quick: C/4, spatial /2 rounded up, batch 2), every operator C -> C, stride 1:
+   static 3x3 conv, CondConv2d (E=4), DynamicConv2d (K=4), Involution2d (K=7, G=C/16, as RedNet),
+   Bivolution2d (RedNet setting: depth-wise 3x3 static branch + SAKG involution, K=7), and naive
+   references written here: CondConv/DyConv as a Python loop of one conv per example with its own
+   mixed kernel; involution/Bi-volution aggregating through ``F.unfold`` (the official RedNet
+   form: a (B, C, K*K, H, W) unfolded input, multiplied by the kernels and summed). The naive
+   versions reuse the fast module's parameters and kernel generator, so only the aggregation
+   differs. Forward time: median of timed repeats after warm-up, no_grad, eval mode.
+
+   Peak activation memory of one forward, in two modes: ``infer`` (no_grad: what inference
+   needs) and ``train`` (grad enabled, the autograd graph and its saved tensors alive: what a
+   training step holds after its forward). Peak = the maximum, during the forward, of the bytes
+   allocated since it began (the output included; the input and parameters, allocated before,
+   are not). CPU: the allocator's own allocation/free events (``torch.profiler`` with
+   ``profile_memory=True``, the raw ``[memory]`` events with their sizes in time order, summed
+   to a running total whose maximum is taken), which sees every tensor the CPU allocator hands
+   out, including temporaries inside an op (im2col buffers, unfold). CUDA:
+   ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the call.
+   Ratios: fast/naive (time and memory), and memory / static 3x3 conv of the same shape.
+   Target: Involution2d and Bivolution2d peak memory <= 2x the static 3x3 conv's (PASS/FAIL).
+
+2. Model latency: bivol_resnet50, rednet50, dyconv_resnet50, condconv_resnet50 and resnet50
+   (eval, no_grad, 224x224, batch 1 and 32; --quick: 112x112, batch 1 and 4), timed interleaved
+   (one forward of each model per round) so background load hits all alike; median latency and
+   ratio to resnet50. Target: bivol_resnet50 <= 1.5x resnet50 on CPU (PASS/FAIL).
+
+torch runs on one CPU thread by default (--threads): on a shared machine extra threads thrash.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_bivol.models import create_model
+from robustbench_bivol.models.operators import (
+    Bivolution2d,
+    CondConv2d,
+    DynamicConv2d,
+    Involution2d,
+)
+
+MEMORY_TARGET = 2.0  # involution / Bi-volution peak memory vs a static 3x3 conv
+LATENCY_TARGET = 1.5  # bivol_resnet50 latency vs resnet50 (CPU)
+MODELS = ("resnet50", "bivol_resnet50", "rednet50", "dyconv_resnet50", "condconv_resnet50")
+STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
+KERNEL_SIZE = 7
+
+
+# ----------------------------------------------------------------------------- naive references
+
+def naive_per_example(x: torch.Tensor, mix: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      stride: int) -> torch.Tensor:
+    """One ordinary conv per example, each with its own mixed kernel ``sum_e mix[b, e] W_e``."""
+    outs = []
+    for i in range(x.shape[0]):
+        w = (mix[i].view(-1, 1, 1, 1, 1) * weight).sum(0)
+        b = None if bias is None else mix[i] @ bias
+        outs.append(F.conv2d(x[i:i + 1], w, b, stride=stride, padding=weight.shape[-1] // 2)[0])
+    return torch.stack(outs)
+
+
+def naive_unfold_involution(inv: Involution2d, x: torch.Tensor) -> torch.Tensor:
+    """Involution with the module's generator, aggregated through F.unfold (official RedNet form)."""
+    kernels = inv.generate_kernels(x)
+    b, c = x.shape[:2]
+    g, _, ho, wo = kernels.shape[1:]
+    k = inv.kernel_size
+    cols = F.unfold(x, k, 1, (k - 1) // 2, inv.stride).view(b, g, c // g, k * k, ho, wo)
+    out = (kernels.unsqueeze(2) * cols).sum(3).view(b, c, ho, wo)
+    return out if inv.proj is None else inv.proj(out)
+
+
+class Naive(nn.Module):
+    """Wraps a fast operator; forward = the naive reference with the same parameters."""
+
+    def __init__(self, fast: nn.Module) -> None:
+        super().__init__()
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.fast
+        if isinstance(m, CondConv2d):
+            return naive_per_example(x, m.routing(x), m.weight, m.bias, m.stride)
+        if isinstance(m, DynamicConv2d):
+            return naive_per_example(x, m.attention_weights(x), m.weight, m.bias, m.stride)
+        if isinstance(m, Involution2d):
+            return naive_unfold_involution(m, x)
+        if isinstance(m, Bivolution2d):
+            out = naive_unfold_involution(m.dynamic, x)
+            return out if m.static is None else out + m.static(x)
+        raise TypeError(type(m).__name__)
+
+
+def build_ops(c: int) -> list[tuple[str, nn.Module, str | None]]:
+    """(name, module, name of the fast op it is the naive reference of), all C -> C, stride 1."""
+    cond, dy = CondConv2d(c, c, 1), DynamicConv2d(c, c, 1)
+    inv = Involution2d(c, c, 1, kernel_size=KERNEL_SIZE)
+    bi = Bivolution2d(c, c, 1, kernel_size=KERNEL_SIZE, static_groups="depthwise")
+    for m in (inv, bi.dynamic):  # position-dependent kernels (the zero init makes them constant)
+        nn.init.normal_(m.span.weight, std=0.01)
+    ops = [("static 3x3 conv", nn.Conv2d(c, c, 3, padding=1, bias=False), None),
+           ("CondConv2d", cond, None), ("CondConv naive (loop)", Naive(cond), "CondConv2d"),
+           ("DynamicConv2d", dy, None), ("DyConv naive (loop)", Naive(dy), "DynamicConv2d"),
+           ("Involution2d", inv, None), ("Involution naive (unfold)", Naive(inv), "Involution2d"),
+           ("Bivolution2d", bi, None), ("Bi-volution naive (unfold)", Naive(bi), "Bivolution2d")]
+    return [(name, m.eval(), ref) for name, m, ref in ops]
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def median_time(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(time_once(fn, device) for _ in range(repeats))
+
+
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
+    current = peak = 0
+    for _, nbytes in sorted(events):
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated during ``fn()`` above what was allocated before (output included)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del out
+        return peak
+    return _cpu_peak_bytes(fn)
+
+
+def mib(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 20:.2f}" if nbytes < 100 * 2 ** 20 else f"{nbytes / 2 ** 20:.0f}"
+
+
+def ms(seconds: float) -> str:
+    v = seconds * 1e3
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+# ----------------------------------------------------------------------------- 1. operators
+
+def operator_table(device: torch.device, quick: bool, warmup: int, repeats: int) -> tuple[str, bool]:
+    batch = 2 if quick else 32
+    stages = [(c // 4, -(-s // 2)) for c, s in STAGES] if quick else list(STAGES)
+    sections, ok = [], True
+    for c, s in stages:
+        torch.manual_seed(0)
+        ops = [(n, m.to(device), r) for n, m, r in build_ops(c)]
+        x = torch.randn(batch, c, s, s, device=device)
+        rows: dict[str, dict] = {}
+        for name, m, ref in ops:
+            call = partial(m, x)
+            with torch.no_grad():
+                t = median_time(call, device, warmup, repeats)
+                infer = peak_bytes(call, device)
+            call()  # warm-up of the autograd path
+            train = peak_bytes(call, device)
+            rows[name] = {"time": t, "infer": infer, "train": train, "ref": ref}
+        static = rows["static 3x3 conv"]
+        act = batch * c * s * s * x.element_size()  # one activation tensor of this shape
+        lines = [f"### C={c} @ {s}x{s}, batch {batch} (one activation tensor = {mib(act)} MiB)",
+                 "",
+                 "Memory cells are `infer / train`.",
+                 "",
+                 ("| operator | fwd ms | peak MiB | peak in activations | time fast/naive | mem fast/naive"
+                  " | mem / static 3x3 | <= 2x static |"),
+                 "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+        fast_of = {r["ref"]: n for n, r in rows.items() if r["ref"]}
+
+        def pair(a: float, b: float, fmt: str) -> str:
+            return f"{fmt.format(a)} / {fmt.format(b)}"
+
+        for name, r in rows.items():
+            naive = rows.get(fast_of.get(name, ""))
+            t_ratio = f"{r['time'] / naive['time']:.2f}x" if naive else ""
+            m_ratio = pair(r["infer"] / naive["infer"], r["train"] / naive["train"], "{:.2f}x") if naive else ""
+            vs_i, vs_t = r["infer"] / static["infer"], r["train"] / static["train"]
+            verdict = ""
+            if name in ("Involution2d", "Bivolution2d"):
+                passed = vs_i <= MEMORY_TARGET and vs_t <= MEMORY_TARGET
+                ok &= passed
+                verdict = "PASS" if passed else "FAIL"
+            lines.append(f"| {name} | {ms(r['time'])} | {mib(r['infer'])} / {mib(r['train'])} | "
+                         f"{pair(r['infer'] / act, r['train'] / act, '{:.2f}')} | {t_ratio} | {m_ratio} | "
+                         f"{pair(vs_i, vs_t, '{:.2f}x')} | {verdict} |")
+        # The floor of RedNet-style involution: the generated kernel map (B, G, K*K, H, W), G = C/16.
+        inv = next(m for n, m, _ in ops if n == "Involution2d")
+        kernel_map = batch * inv.groups * KERNEL_SIZE ** 2 * s * s * 4
+        lines += ["", (f"Involution's generated kernel map alone (B x G x K*K x H x W = K*K/16 activations): "
+                       f"{mib(kernel_map)} MiB = {kernel_map / static['infer']:.2f}x the static conv's infer peak.")]
+        sections.append("\n".join(lines))
+        print(sections[-1] + "\n", flush=True)
+    return "\n\n".join(sections), ok
+
+
+# ----------------------------------------------------------------------------- 2. models
+
+def model_table(device: torch.device, quick: bool, warmup: int, repeats: int) -> tuple[str, bool]:
+    size = 112 if quick else 224
+    batches = (1, 4) if quick else (1, 32)
+    torch.manual_seed(0)
+    models = {name: create_model(name).eval().to(device) for name in MODELS}
+    lat: dict[tuple[str, int], float] = {}
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, 3, size, size, device=device)
+            for m in models.values():
+                for _ in range(warmup):
+                    m(x)
+            times: dict[str, list[float]] = {n: [] for n in models}
+            for _ in range(repeats):  # interleaved rounds
+                for n, m in models.items():
+                    times[n].append(time_once(partial(m, x), device))
+            for n in models:
+                lat[n, b] = statistics.median(times[n])
+    head = " | ".join(f"batch {b} ms | ratio" for b in batches)
+    lines = [f"### {size}x{size}, eval, no_grad, {device.type}",
+             "",
+             f"| model | {head} |",
+             "|---|" + "---:|---:|" * len(batches)]
+    for n in models:
+        cells = " | ".join(f"{ms(lat[n, b])} | {lat[n, b] / lat['resnet50', b]:.2f}x" for b in batches)
+        lines.append(f"| {n} | {cells} |")
+    ratios = [lat["bivol_resnet50", b] / lat["resnet50", b] for b in batches]
+    ok = all(r <= LATENCY_TARGET for r in ratios)
+    cpu_note = "" if device.type == "cpu" else f" (the target is stated for the CPU; this run is on {device.type})"
+    per_batch = ", ".join(f"{r:.2f}x at batch {b}" for r, b in zip(ratios, batches, strict=True))
+    lines += ["", (f"bivol_resnet50 / resnet50: {per_batch} -> target <= {LATENCY_TARGET}x: "
+                   f"**{'PASS' if ok else 'FAIL'}**{cpu_note}")]
+    text = "\n".join(lines)
+    print(text + "\n", flush=True)
+    return text, ok
+
+
+# ----------------------------------------------------------------------------- report
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()}){gpu}; "
+            f"torch {torch.__version__}; Python {platform.python_version()}; load average {load}")
+
+
+METHOD = """Method. Forward time: median of {repeats} timed calls after {warmup} warm-up call(s), eval mode,
+no_grad, one operator at a time. Operators run C -> C at stride 1; CondConv E=4, DyConv K=4,
+involution K=7, G=C/16, reduction 4 (RedNet), Bi-volution = depth-wise 3x3 static branch + SAKG
+involution (bivol_resnet50's setting). The generators' last conv gets small random weights, so
+kernels vary by position. Naive references use the same modules' parameters and kernel
+generators: CondConv/DyConv = Python loop, one conv per example with its own mixed kernel;
+involution/Bi-volution = aggregation through F.unfold (the official RedNet form).
+
+Memory: peak bytes allocated during one forward above what was allocated before it (output
+included; input and parameters not). `infer` = under no_grad; `train` = grad enabled, so the
+autograd graph's saved tensors are alive at the end of the forward. {memory_method}
+Ratios "fast/naive" compare an operator with its naive reference (< 1 = the fast one is better);
+"/ static" compares with the static 3x3 conv of the same shape; "peak in activations" divides the
+peak by the size of one (B, C, H, W) activation tensor. On the CPU the static conv's peak holds,
+besides its output, about one weight-sized buffer per call (the sizes match a copy of the weight
+in oneDNN's blocked layout): negligible at 56x56, it dominates at the small late stages (e.g.
+--quick C=128@4x4: weight 0.56 MiB, output 0.02 MiB), which makes "/ static" flattering there.
+CondConv/DyConv likewise hold B mixed kernels. Target: Involution2d and
+Bivolution2d <= {target}x the static conv in both modes.
+
+Models: one forward of each model per round, rounds interleaved so that background load hits all
+models alike; median over {model_repeats} rounds after {model_warmup} warm-up call(s)."""
+
+CPU_MEMORY = ("CPU memory is read from the allocator's own events: torch.profiler with "
+              "profile_memory=True records every CPU allocation and free (the raw `[memory]` events "
+              "with sizes and timestamps); summed in time order they give the live bytes, whose "
+              "maximum is the peak. This includes temporaries inside an op (unfold columns, conv "
+              "workspaces that go through the PyTorch allocator); oneDNN-internal scratch not "
+              "allocated through it would be missed.")
+CUDA_MEMORY = ("CUDA memory: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus "
+               "memory_allocated before the call (cuDNN workspaces are included, as they go through "
+               "the caching allocator).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke test)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out", default="", help="also write the Markdown report here")
+    parser.add_argument("--skip-models", action="store_true", help="operator table only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    warmup, repeats = (2, 9) if args.quick else (3, 20)
+    model_warmup, model_repeats = (1, 7) if args.quick else (2, 10)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        warmup, model_warmup = warmup + 2, model_warmup + 2
+
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    ops_text, mem_ok = operator_table(device, args.quick, warmup, repeats)
+    mem_line = (f"Involution2d / Bivolution2d peak activation memory <= {MEMORY_TARGET}x static 3x3 conv "
+                f"(every shape, infer and train): **{'PASS' if mem_ok else 'FAIL'}**")
+    print(mem_line + "\n", flush=True)
+    models_text, lat_ok = ("", True) if args.skip_models else model_table(device, args.quick, model_warmup,
+                                                                          model_repeats)
+    elapsed = time.perf_counter() - t0
+    desc = machine(device)
+    kind = ("**--quick run** (smoke test: batch 2, C/4, spatial /2 for operators; 112x112, batch 1 and 4 "
+            "for models; few repeats) — not the full benchmark" if args.quick else
+            "Full run (ResNet-50 stage shapes, batch 32; models 224x224, batch 1 and 32)")
+    report = [
+        "# Operators and models: speed and memory",
+        "",
+        (f"Generated {started} by `python benchmarks/ops.py{' --quick' if args.quick else ''}"
+         f"{' --device cuda' if device.type == 'cuda' else ''}` in {elapsed:.0f} s. {kind}."),
+        "",
+        f"Machine: {desc} (at end).",
+        "",
+        METHOD.format(repeats=repeats, warmup=warmup, model_repeats=model_repeats, model_warmup=model_warmup,
+                      target=MEMORY_TARGET, memory_method=CUDA_MEMORY if device.type == "cuda" else CPU_MEMORY),
+        "",
+        "## 1. Operators",
+        "",
+        ops_text,
+        "",
+        mem_line,
+    ]
+    if not args.skip_models:
+        report += ["", "## 2. Model latency", "", models_text]
+    print(f"Targets: operator memory {'PASS' if mem_ok else 'FAIL'}"
+          + ("" if args.skip_models else f", bivol_resnet50 latency {'PASS' if lat_ok else 'FAIL'}"))
+    print(f"Machine: {desc}; {elapsed:.0f} s")
+    if args.out:
+        Path(args.out).write_text("\n".join(report) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
