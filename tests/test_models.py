@@ -116,10 +116,24 @@ def test_bivol_resnet50_adds_sakg_and_depthwise_static():
 def test_models_table_rows():
     rows = models_table(["resnet20", "bivol_resnet20"])
     assert [r["name"] for r in rows] == ["resnet20", "bivol_resnet20"]
-    assert set(rows[0]) == {"name", "operator", "input_size", "params_m", "gflops", "bundled_weights"}
+    assert set(rows[0]) == {"name", "operator", "input_size", "params_m", "gflops", "gflops_mmcv", "bundled_weights"}
     assert rows[0]["params_m"] == pytest.approx(0.27, abs=0.01)
     assert rows[0]["gflops"] == pytest.approx(0.041, abs=0.002)
     assert rows[1]["gflops"] > rows[0]["gflops"]
+    model = create_model("resnet20")  # mmcv's convention also counts BN, ReLU and pooling
+    assert count_gflops(model, 32, convention="mmcv") > count_gflops(model, 32)
+
+
+def test_models_command_lists_models():
+    from click.testing import CliRunner
+
+    from robustbench_bivol.cli import main
+
+    result = CliRunner().invoke(main, ["models", "--no-flops", "--operator", "bivolution"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("| name | operator | input_size | params_m | bundled_weights |")
+    assert {line.split("|")[1].strip() for line in lines[2:]} == {"bivol_resnet20", "bivol_resnet56", "bivol_resnet50"}
 
 
 # --- a stand-in for the official mmcls RedNet, with its module names, to test the converter ------

@@ -87,20 +87,23 @@ def count_gflops(model: nn.Module, input_size: int | tuple[int, int], convention
     return count_macs(model, input_size, convention=convention) / 1e9
 
 
-def models_table(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per registered model: name, operator, input_size, params_m, gflops, bundled_weights."""
+def models_table(names: list[str] | None = None, *, operator: str | None = None,
+                 flops: bool = True) -> list[dict[str, Any]]:
+    """One row per model: name, operator, input size, params, GFLOPs in both conventions, weights.
+
+    GFLOPs run each model once (at its input size); ``flops=False`` skips that for a quick list.
+    """
     from ..weights import bundled_tags
 
     rows = []
-    for name in names or list_models():
+    for name in names or list_models(operator):
         spec = model_spec(name)
-        model = spec.builder(num_classes=spec.default_num_classes)
-        rows.append({
-            "name": name,
-            "operator": spec.operator,
-            "input_size": spec.input_size,
-            "params_m": round(count_params(model) / 1e6, 3),
-            "gflops": round(count_gflops(model, spec.input_size), 3),
-            "bundled_weights": bundled_tags(name),
-        })
+        model = spec.builder(num_classes=spec.default_num_classes).eval()
+        row: dict[str, Any] = {"name": name, "operator": spec.operator, "input_size": spec.input_size,
+                               "params_m": round(count_params(model) / 1e6, 3)}
+        if flops:
+            row["gflops"] = round(count_gflops(model, spec.input_size), 3)
+            row["gflops_mmcv"] = round(count_gflops(model, spec.input_size, convention="mmcv"), 3)
+        row["bundled_weights"] = ", ".join(bundled_tags(name)) or "-"
+        rows.append(row)
     return rows
