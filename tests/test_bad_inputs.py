@@ -235,7 +235,7 @@ CASES = [
             r"values are accepted \(corrupt file"),
     Case("missing-weights-file", "`-m resnet20=missing.pt`", lambda c: c.evaluate(model="resnet20=missing.pt"),
          1, r"^error: weights file not found: missing\.pt"),
-    Case("model-without-weights", "`-m resnet20` on a folder, no bundled weights",
+    Case("model-without-weights", "`-m resnet20` on a folder (bundled weights are for the built-in set only)",
          lambda c: c.evaluate(model="resnet20"),
          2, r"^error: model resnet20 needs weights: use --model resnet20=WEIGHTS or --weights"),
     Case("url-wrong-hash", "`-m resnet20=file:///...#sha256=000...`", _wrong_hash,

@@ -23,8 +23,8 @@ def bundled_models_for(dataset: str) -> list[str]:
 
 
 def load_entry(spec: str, default_weights: str | None, dataset: str = BUILTIN) -> ModelEntry:
-    """``spec`` is ``NAME`` or ``NAME=WEIGHTS``; weights default to ``--weights``, then to the
-    bundled weights for the built-in dataset, then to the model's only bundled weights."""
+    """``spec`` is ``NAME`` or ``NAME=WEIGHTS``; weights default to ``--weights``, then, on the
+    built-in dataset only, to the bundled weights trained on it."""
     name, _, weights = spec.partition("=")
     model_spec(name)  # unknown names fail here, with a suggestion
     weights = weights or default_weights or _default_tag(name, dataset)
@@ -38,7 +38,6 @@ def _default_tag(name: str, dataset: str) -> str:
     tags = bundled_tags(name)
     if dataset == BUILTIN and BUILTIN_TAG in tags:
         return BUILTIN_TAG
-    if len(tags) == 1:
-        return tags[0]
+    # Elsewhere weights are never guessed: weights trained on other data would be scored silently.
     hint = f" (bundled: {', '.join(tags)})" if tags else ""
     raise UsageError(f"model {name} needs weights: use --model {name}=WEIGHTS or --weights{hint}.")
