@@ -277,7 +277,9 @@ def corrupt_command(dataset: str, split: str, size: int | None, out: str, layout
 def show_command(image: str, out: str | None, size: int, corruption_spec: str, profile: str, seed: int) -> None:
     """Write a PNG grid of IMAGE under every corruption (rows) and severity (columns)."""
     import corruptions
-    from torchvision.io import encode_png
+    import io
+
+    from PIL import Image
 
     from .data.folder import IMAGENET_CROP_RATIO, load_image
     from .io import atomic_write_bytes
@@ -290,5 +292,7 @@ def show_command(image: str, out: str | None, size: int, corruption_spec: str, p
     grid = corruption_grid(clean, corruptions.select(corruption_spec), seed=seed,
                            profile=None if profile == "auto" else profile)
     target = Path(out or Path(image).with_suffix("").as_posix() + "-corruptions.png")
-    atomic_write_bytes(target, encode_png(grid).numpy().tobytes())
+    buffer = io.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    atomic_write_bytes(target, buffer.getvalue())
     click.echo(f"wrote {target}")
