@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 
 import torch  # noqa: E402
+from machine import describe  # noqa: E402
 
 import corruptions as C  # noqa: E402
 
@@ -135,21 +134,6 @@ def table(rows: list[dict], title: str, extra_profile: str | None) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()}){gpu}; "
-            f"torch {torch.__version__}; Python {platform.python_version()}; load average at end {load}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few images, one severity")
@@ -197,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         header = ["# Corruption throughput: reference (imagecorruptions) vs torch backend", "",
                   f"Generated {dt.datetime.now().isoformat(timespec='seconds')} by "
                   f"`python benchmarks/corruption_speed.py{' --quick' if args.quick else ''}`.", "",
-                  f"Machine: {machine()}.", "",
+                  f"Machine: {describe()}.", "",
                   "Reference and torch are timed interleaved per corruption and severity, after a "
                   "warm-up (numba compile of glass_blur excluded). The machine is shared, so absolute "
                   "img/s are noisy; the ratios are the figures to read.", ""]

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe
 from torch.utils.data import DataLoader
 
 from robustbench_bivol.checkpoint import CheckpointMeta
@@ -64,16 +64,6 @@ def batches(n: int, batch_size: int) -> list[slice]:
 
 def _fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -159,8 +149,7 @@ def main() -> None:
     t_inference = sum(t_infer.values())
 
     now = _dt.datetime.now().astimezone()
-    machine = (f"{platform.node()} ({cpu_name()}, {os.cpu_count()} cores, load avg "
-               f"{os.getloadavg()[0]:.1f}), torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    machine = describe(device)
     n_img = len(indices) * len(plan.cells)
     lines = [
         f"### {now:%Y-%m-%d %H:%M %Z}{' (--quick)' if args.quick else ''}",

@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +47,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from machine import describe
 import torch.nn.functional as F
 from torch import nn
 
@@ -285,21 +284,6 @@ def model_table(device: torch.device, quick: bool, warmup: int, repeats: int) ->
 
 # ----------------------------------------------------------------------------- report
 
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()}){gpu}; "
-            f"torch {torch.__version__}; Python {platform.python_version()}; load average {load}")
-
-
 METHOD = """Method. Forward time: median of {repeats} timed calls after {warmup} warm-up call(s), eval mode,
 no_grad, one operator at a time. Operators run C -> C at stride 1; CondConv E=4, DyConv K=4,
 involution K=7, G=C/16, reduction 4 (RedNet), Bi-volution = depth-wise 3x3 static branch + SAKG
@@ -361,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     models_text, lat_ok = ("", True) if args.skip_models else model_table(device, args.quick, model_warmup,
                                                                           model_repeats)
     elapsed = time.perf_counter() - t0
-    desc = machine(device)
+    desc = describe(device)
     kind = ("**--quick run** (smoke test: batch 2, C/4, spatial /2 for operators; 112x112, batch 1 and 4 "
             "for models; few repeats) — not the full benchmark" if args.quick else
             "Full run (ResNet-50 stage shapes, batch 32; models 224x224, batch 1 and 32)")

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.data import BuiltinShapes
+from robustbench_bivol.data.builtin import CLASSES, render
 from robustbench_bivol.models import create_model
 
 
@@ -41,3 +43,13 @@ def store_predictions(run: Path) -> dict[tuple[str, str], np.ndarray]:
             if key.startswith("pred::"):
                 out[(cell.name, key)] = np.concatenate([p[key] for p in parts])[order]
     return out
+
+
+def write_image_folder(root: Path, n: int) -> Path:
+    """The first ``n`` built-in test images as PNGs in ImageFolder layout under ``root``."""
+    images, labels = render(np.arange(n))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / CLASSES[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    return root

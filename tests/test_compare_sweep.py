@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _support import write_image_folder
 from click.testing import CliRunner
-from PIL import Image
 
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.cli import main
@@ -22,11 +22,7 @@ N = 10
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
-    images, labels = render(np.arange(N))
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / "data" / CLASSES[int(label)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    write_image_folder(root / "data", N)
     meta = CheckpointMeta(arch="resnet20", num_classes=10, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
                           dataset="builtin", classes=list(CLASSES))
     for seed in (0, 1):

@@ -16,14 +16,6 @@ from robustbench_bivol.models.profile import count_gflops, count_macs, count_par
 CIFAR = ["resnet20", "condconv_resnet20", "dyconv_resnet20", "involution_resnet20", "bivol_resnet20"]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded, and single-threaded: on a busy 2-core machine two threads thrash (10x slower)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_operator_family_is_registered():

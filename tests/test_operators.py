@@ -9,14 +9,6 @@ from robustbench_bivol.models.operators import (Bivolution2d, CondConv2d, Dynami
                                                 involution_aggregate)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded, and single-threaded: on a busy 2-core machine two threads thrash (10x slower)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _per_example_reference(x, mix, weight, bias, stride):

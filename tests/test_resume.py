@@ -1,17 +1,16 @@
 """A run stopped half-way resumes: same results as an uninterrupted run, finished pieces not redone."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _support import write_image_folder
 from click.testing import CliRunner
-from PIL import Image
 
 import corruptions
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.cli import main
-from robustbench_bivol.data.builtin import CLASSES, render
+from robustbench_bivol.data.builtin import CLASSES
 from robustbench_bivol.evaluation.store import RunStore
 from robustbench_bivol.models import create_model
 
@@ -22,11 +21,7 @@ N = 10
 def setup(tmp_path_factory):
     """An ImageFolder of 20 built-in images and a random resnet20 checkpoint."""
     root = tmp_path_factory.mktemp("resume")
-    images, labels = render(np.arange(N))
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / "data" / CLASSES[int(label)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    write_image_folder(root / "data", N)
     torch.manual_seed(0)
     meta = CheckpointMeta(arch="resnet20", num_classes=10, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
                           dataset="builtin", classes=list(CLASSES))
