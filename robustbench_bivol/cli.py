@@ -281,14 +281,13 @@ def show_command(image: str, out: str | None, size: int, corruption_spec: str, p
 
     from PIL import Image
 
-    from .data.folder import IMAGENET_CROP_RATIO, load_image
+    from .data.folder import default_resize, load_image
     from .io import atomic_write_bytes
     from .rendering import corruption_grid
 
     if not Path(image).is_file():
         raise UsageError(f"image not found: {image}")
-    resize = round(size / IMAGENET_CROP_RATIO) if size >= 128 else size
-    clean = load_image(image, size, resize)
+    clean = load_image(image, size, default_resize(size))
     grid = corruption_grid(clean, corruptions.select(corruption_spec), seed=seed,
                            profile=None if profile == "auto" else profile)
     target = Path(out or Path(image).with_suffix("").as_posix() + "-corruptions.png")

@@ -46,6 +46,23 @@ def load_image(path: str | Path, size: int, resize: int) -> torch.Tensor:
     return TF.pil_to_tensor(image)
 
 
+def default_resize(size: int) -> int:
+    """Shorter side before the centre crop: 256 for 224 (ImageNet), the size itself below 128."""
+    return round(size / IMAGENET_CROP_RATIO) if size >= 128 else size
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes and (path, label) samples of ``root/<class>/<image>``; none found is an error."""
+    try:
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DatasetError(f"no images found under {root}: {str(exc).splitlines()[0]}") from None
+    if not samples:
+        raise DatasetError(f"no images found under {root} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    return classes, samples
+
+
 class ImageFolderDataset:
     """``root/<class>/<image>`` read lazily; each item is decoded, converted to RGB and cropped.
 
@@ -57,15 +74,9 @@ class ImageFolderDataset:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"dataset folder not found: {root} (expected <root>/<class>/<image files>)")
-        try:
-            classes, class_to_idx = find_classes(str(root))
-            samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DatasetError(f"no images found under {root}: {str(exc).splitlines()[0]}") from None
-        if not samples:
-            raise DatasetError(f"no images found under {root} (extensions: {', '.join(IMG_EXTENSIONS)})")
+        classes, samples = scan_image_folder(root)
         self.root, self.size = root, size
-        self.resize = resize or (round(size / IMAGENET_CROP_RATIO) if size >= 128 else size)
+        self.resize = resize or default_resize(size)
         self.classes = classes
         self.samples = samples
         self.labels = [label for _, label in samples]

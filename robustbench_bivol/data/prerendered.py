@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..errors import DatasetError, UsageError
 from .cifar import CIFAR10_CLASSES, resize_batch
-from .folder import IMAGENET_CROP_RATIO, BadImageError, load_image
+from .folder import BadImageError, default_resize, load_image, scan_image_folder
 
 LAYOUTS = ("imagenet-c", "cifar-c")
 CLEAN = "clean"
@@ -127,17 +126,11 @@ class ImageNetCFolder(PrerenderedDataset):
         self.cells_on_disk = cells
         first = sorted(cells)[0]
         reference = root / first / str(cells[first][0])
-        try:
-            classes, class_to_idx = find_classes(str(reference))
-            samples = make_dataset(str(reference), class_to_idx, extensions=IMG_EXTENSIONS)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DatasetError(f"no images found under {reference}: {str(exc).splitlines()[0]}") from None
-        if not samples:
-            raise DatasetError(f"no images found under {reference}")
+        classes, samples = scan_image_folder(reference)
         self.classes = classes
         self.relative = [Path(p).relative_to(reference).as_posix() for p, _ in samples]
         self.labels = np.asarray([label for _, label in samples], dtype=np.int64)
-        self.resize = round(size / IMAGENET_CROP_RATIO) if size >= 128 else size
+        self.resize = default_resize(size)
         self.name = f"imagenet-c:{root.resolve()}"
 
     def sample_name(self, index: int) -> str:
