@@ -135,3 +135,47 @@ def test_operators_backward_and_shapes():
         assert y.shape == (2, 32, 4, 4)
         y.square().mean().backward()
         assert all(p.grad is not None for p in op.parameters()), type(op).__name__
+
+
+def _randomise_generator(m):
+    """Position-dependent kernels and non-trivial BN running statistics."""
+    torch.nn.init.normal_(m.span.weight)
+    m.bn.running_mean.normal_()
+    m.bn.running_var.uniform_(0.5, 2.0)
+
+
+@pytest.mark.parametrize("sakg", [False, True])
+@pytest.mark.parametrize("k,stride,size", [(7, 1, 16), (3, 1, 13), (7, 2, 17), (3, 2, 16)])
+def test_involution_chunked_forward_equals_unchunked(k, stride, size, sakg):
+    bi = Bivolution2d(32, stride=stride, kernel_size=k, sakg=sakg).eval()  # sakg=False: plain involution
+    m = bi.dynamic
+    _randomise_generator(m)
+    ho = (size - 1) // stride + 1
+    assert m.chunk_rows(ho) < ho  # the default budget chunks these shapes
+    x = torch.randn(2, 32, size, size, requires_grad=True)
+    outs, grads = {}, {}
+    for budget in (None, Involution2d.chunk_budget, 0.05):  # unchunked, default chunks, 1-row chunks
+        m.chunk_budget = budget
+        with torch.no_grad():
+            outs[budget, "no_grad"] = bi(x)
+        y = bi(x)  # eval mode with grad: checkpointed chunks
+        outs[budget, "grad"] = y.detach()
+        grads[budget] = torch.autograd.grad(y.square().sum(), [x, *m.parameters()])
+    assert m.chunk_rows(ho) == 1
+    ref = outs[None, "no_grad"]
+    for key, out in outs.items():
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=str(key))
+    for budget, g in grads.items():
+        for a, b in zip(g, grads[None], strict=True):
+            # sums of many large terms (random span weights): tolerance relative to the gradient's scale
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item(), msg=str(budget))
+
+
+def test_involution_training_mode_is_unchunked():
+    m = Involution2d(32, kernel_size=7)
+    _randomise_generator(m)
+    x = torch.randn(2, 32, 16, 16)
+    ref = _unfold_involution(x, m.generate_kernels(x), 7, 1)
+    m.bn.reset_running_stats()
+    torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)  # whole-map batch statistics
+    assert m.bn.num_batches_tracked == 1

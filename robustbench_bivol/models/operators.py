@@ -4,13 +4,15 @@ Every class takes ``(in_channels, out_channels, stride)`` first, so a backbone's
 factory can return any of them. Dynamic operators compute per-example or per-position kernels
 without Python loops over examples: CondConv and DyConv fold the batch into the groups of one
 grouped convolution; involution accumulates over the K*K kernel offsets (a fixed, small loop)
-instead of materialising the K*K-times larger unfolded input.
+instead of materialising the K*K-times larger unfolded input; in eval mode it also generates and
+aggregates its per-position kernels a few output rows at a time (see :class:`Involution2d`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _kaiming_experts(weight: torch.Tensor) -> None:
@@ -120,8 +122,16 @@ def involution_aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: in
     if ho != (h + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1 or \
             wo != (w + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1:
         raise ValueError(f"kernel map {ho}x{wo} does not fit input {h}x{w} at stride {stride}")
-    xp = F.pad(x, (pad, pad, pad, pad)).view(b, groups, c // groups, h + 2 * pad, w + 2 * pad)
-    out = x.new_zeros(b, groups, c // groups, ho, wo, dtype=torch.result_type(x, kernels))  # AMP-safe
+    return _aggregate_padded(F.pad(x, (pad, pad, pad, pad)), kernels, kernel_size, stride, dilation)
+
+
+def _aggregate_padded(xp: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int,
+                      dilation: int) -> torch.Tensor:
+    """:func:`involution_aggregate` on an already zero-padded input ``xp`` (no size checks)."""
+    b, c, hp, wp = xp.shape
+    groups, kk, ho, wo = kernels.shape[1:]
+    xp = xp.view(b, groups, c // groups, hp, wp)
+    out = xp.new_zeros(b, groups, c // groups, ho, wo, dtype=torch.result_type(xp, kernels))  # AMP-safe
     for idx in range(kk):
         u, v = divmod(idx, kernel_size)
         patch = xp[:, :, :, u * dilation: u * dilation + stride * (ho - 1) + 1: stride,
@@ -152,7 +162,24 @@ class Involution2d(nn.Module):
     Channel change: involution keeps the channel count. With ``out_channels != in_channels`` a
     1x1 conv (``proj``) maps the involution output to ``out_channels`` *after* aggregation (at
     the output resolution, the cheaper side); RedNet never needs it inside its bottlenecks.
+
+    Memory: the generated kernel map (B, G, K*K, Ho, Wo) is K*K/group_channels output activations
+    (~3 for K=7, G=C/16). When the generator's BN is in eval mode (``module.eval()``: running
+    statistics, so every position's kernel depends only on its own neighbourhood), the forward
+    works on chunks of output rows: it generates one chunk's kernels (the depth-wise 3x3 of SAKG
+    reads a 1-row halo; the GAP channel term is computed once over the whole input), aggregates
+    them over a zero-padded band of the input rows they read ((K-1)/2-row halo) and copies the
+    chunk into the output, so at most ``chunk_budget`` (0.5) output activations of kernels are
+    alive at a time (measured CPU peak ~2 activations, output included, at 64@56x56, K=7).
+    Results equal the unchunked forward up to float rounding. Under grad (eval mode, e.g. adversarial attacks) each chunk is wrapped in
+    activation checkpointing: the forward keeps no kernels for backward, and backward
+    regenerates each chunk's kernels (extra compute of about one generator + aggregation pass).
+    In training mode (BN on batch statistics over the whole map) the forward is unchunked.
+    Set ``chunk_budget = None`` on an instance to always run unchunked.
     """
+
+    #: Eval-mode chunks hold at most this many output activations (B, C, Ho, Wo) of kernels; None: no chunks.
+    chunk_budget: float | None = 0.5
 
     def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1,
                  kernel_size: int = 7, group_channels: int = 16, reduction: int = 4,
@@ -187,17 +214,69 @@ class Involution2d(nn.Module):
         """
         nn.init.zeros_(self.span.weight)
 
-    def generate_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-position kernels, (B, G, K*K, Ho, Wo)."""
-        z = self.pool(x)
-        r = self.reduce(z if self.spatial is None else self.spatial(z))
-        if self.channel is not None:
-            r = r + self.channel(x.mean((2, 3)))[:, :, None, None]
+    def generate_kernels(self, x: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Per-position kernels, (B, G, K*K, Ho, Wo); with ``rows=(r0, r1)`` only output rows r0..r1-1."""
+        return self._kernels(x, self._channel_term(x), rows)
+
+    def _channel_term(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.channel is None else self.channel(x.mean((2, 3)))
+
+    def _kernels(self, x: torch.Tensor, channel_term: torch.Tensor | None,
+                 rows: tuple[int, int] | None) -> torch.Tensor:
+        if rows is None:
+            z = self.pool(x)
+            if self.spatial is not None:
+                z = self.spatial(z)
+        else:
+            r0, r1 = rows
+            halo = 0 if self.spatial is None else 1  # the depth-wise 3x3 reads one row each side
+            lo = max(r0 - halo, 0)
+            z = self.pool(x[:, :, self.stride * lo: self.stride * (r1 + halo)])  # pool windows start at s*row
+            if self.spatial is not None:
+                z = self.spatial(z)[:, :, r0 - lo: r1 - lo]
+        r = self.reduce(z)
+        if channel_term is not None:
+            r = r + channel_term[:, :, None, None]
         k = self.span(self.relu(self.bn(r)))
         return k.view(k.shape[0], self.groups, self.kernel_size ** 2, k.shape[-2], k.shape[-1])
 
+    def chunk_rows(self, ho: int) -> int:
+        """Output rows per chunk: G*K*K*rows kernel rows <= ``chunk_budget`` * C*Ho activation rows."""
+        if not self.chunk_budget:
+            return ho
+        return max(1, int(self.chunk_budget * self.channels * ho / (self.groups * self.kernel_size ** 2)))
+
+    def _chunk(self, x: torch.Tensor, channel_term: torch.Tensor | None, r0: int, r1: int) -> torch.Tensor:
+        """Output rows r0..r1-1, (B, C, r1 - r0, Wo): their kernels, aggregated over a padded row band of x."""
+        kernels = self._kernels(x, channel_term, (r0, r1))
+        h, pad, s = x.shape[-2], (self.kernel_size - 1) // 2, self.stride
+        lo, hi = s * r0 - pad, s * (r1 - 1) + pad + 1  # input rows read, zero padding outside [0, h)
+        band = F.pad(x[:, :, max(lo, 0):min(hi, h)], (pad, pad, max(-lo, 0), max(hi - h, 0)))
+        return _aggregate_padded(band, kernels, self.kernel_size, s, 1)
+
+    def _forward_chunked(self, x: torch.Tensor, step: int, ho: int) -> torch.Tensor:
+        channel_term = self._channel_term(x)
+        grad = torch.is_grad_enabled()
+        out = None
+        for r0 in range(0, ho, step):
+            r1 = min(r0 + step, ho)
+            if grad:  # keep no kernels for backward: backward recomputes the chunk
+                piece = checkpoint(self._chunk, x, channel_term, r0, r1, use_reentrant=False)
+            else:
+                piece = self._chunk(x, channel_term, r0, r1)
+            if out is None:
+                out = piece.new_empty(x.shape[0], self.channels, ho, piece.shape[-1])
+            out[:, :, r0:r1] = piece  # a contiguous piece aggregates faster than a row slice of out
+            del piece
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = involution_aggregate(x, self.generate_kernels(x), self.kernel_size, self.stride)
+        ho = (x.shape[-2] - 1) // self.stride + 1  # odd K, padding (K-1)/2
+        step = self.chunk_rows(ho)
+        if self.bn.training or step >= ho or self.kernel_size % 2 == 0:  # BN batch stats need the whole map
+            out = involution_aggregate(x, self.generate_kernels(x), self.kernel_size, self.stride)
+        else:
+            out = self._forward_chunked(x, step, ho)
         return out if self.proj is None else self.proj(out)
 
     def aggregation_macs(self, x: torch.Tensor) -> int:
@@ -260,7 +339,12 @@ class Bivolution2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dynamic(x)
-        return out if self.static is None else out + self.static(x)
+        if self.static is None:
+            return out
+        static = self.static(x)
+        if torch.result_type(out, static) == out.dtype:
+            return out.add_(static)  # in place: no third activation-sized tensor
+        return out + static
 
 
 __all__ = ["CondConv2d", "DynamicConv2d", "Involution2d", "Bivolution2d", "involution_aggregate"]
