@@ -219,6 +219,11 @@ def to_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.double().clamp(0, 1) * 255)
 
 
+def _through_uint8(fn_uint8, x: torch.Tensor, c, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """The float path of an op defined on uint8 levels: quantise, apply, back to [0, 1]."""
+    return fn_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
+
+
 def _pixelate_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     height, width = u.shape[-2:]
     small = pil_box_resize(u, int(height * c), int(width * c))
@@ -232,8 +237,7 @@ def _pixelate_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Genera
 })
 def pixelate(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """BOX-downsample to ``int(side * c)`` per side and BOX-upsample back (Pillow, bit-exact)."""
-    return _pixelate_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
-
+    return _through_uint8(_pixelate_uint8, x, c, generators)
 
 
 def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -247,5 +251,5 @@ def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) 
 })
 def jpeg_compression(x: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Encode each image as JPEG at quality ``c`` with Pillow and decode it."""
-    return _jpeg_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
+    return _through_uint8(_jpeg_uint8, x, c, generators)
 
