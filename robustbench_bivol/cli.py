@@ -193,6 +193,8 @@ def sweep_cli(**options: Any) -> None:
 @click.option("--anneal-epochs", type=int, default=10, show_default=True,
               help="DyConv models: epochs over which the softmax temperature falls from 30 to 1 "
                    "(the paper's 10 suit long schedules; scale it down for short ones).")
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
+              help="Cosine schedule: linear learning-rate warm-up over this many epochs first.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Train on a class-balanced subset of N images.")

@@ -49,6 +49,7 @@ class TrainConfig:
     workers: int = 0
     limit: int | None = None
     anneal_epochs: int = DYCONV_ANNEAL_EPOCHS
+    warmup_epochs: float = 0.0
 
 
 def dyconv_temperature(epoch: float, anneal_epochs: int) -> float:
@@ -91,9 +92,13 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Cosine decay after an optional linear warm-up (dynamic operators can stall at chance when
+    their routing/kernel generators see the full learning rate from step one), or one-cycle."""
     total = config.epochs * steps_per_epoch
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
     if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total)))
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
     raise UsageError(f"unknown schedule '{config.schedule}' (choose cosine or onecycle)")

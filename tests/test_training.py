@@ -1,0 +1,125 @@
+"""Training: schedule, DyConv annealing, resume equals an uninterrupted run, bundling weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robustbench_bivol import training, weights
+from robustbench_bivol.checkpoint import load_checkpoint
+from robustbench_bivol.cli import main
+from robustbench_bivol.errors import CheckpointError
+from robustbench_bivol.models import create_model
+from robustbench_bivol.training import TrainConfig, dyconv_temperature
+
+from _support import write_image_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny dataset with train/ and test/ in ImageFolder layout (built-in images as PNGs)."""
+    root = tmp_path_factory.mktemp("train-data")
+    write_image_folder(root / "train", 40)
+    write_image_folder(root / "test", 20)
+    return root
+
+
+def _train_args(folder, out, *extra: str) -> list[str]:
+    return ["train", "--model", "resnet20", "--dataset", str(folder), "--epochs", "2", "--batch-size", "16",
+            "--warmup-epochs", "1", "--out", str(out), "--no-progress", *extra]
+
+
+def _lr_factors(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = training._schedule(optimizer, config, steps_per_epoch)
+    factors = []
+    for _ in range(config.epochs * steps_per_epoch):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
+def test_warmup_rises_linearly_then_cosine_decays():
+    factors = _lr_factors(TrainConfig(model="resnet20", epochs=4, warmup_epochs=1), steps_per_epoch=10)
+    assert factors[0] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(factors[:10], factors[1:10]))  # linear rise over the first epoch
+    assert all(a > b for a, b in zip(factors[10:], factors[11:]))  # cosine decay afterwards
+    assert max(factors) == pytest.approx(factors[9]) and factors[-1] < 0.01
+    plain = _lr_factors(TrainConfig(model="resnet20", epochs=4), steps_per_epoch=10)
+    assert plain[0] == 1.0 and plain[10:] == pytest.approx(factors[10:])  # warm-up only changes the start
+
+
+def test_dyconv_temperature_anneals_30_to_1():
+    assert dyconv_temperature(0, 10) == 30.0
+    assert dyconv_temperature(5, 10) == pytest.approx(15.5)
+    assert dyconv_temperature(10, 10) == dyconv_temperature(25, 10) == 1.0
+    assert dyconv_temperature(0, 0) == 1.0
+
+
+def test_train_writes_log_and_loadable_checkpoint(folder, tmp_path):
+    result = CliRunner().invoke(main, _train_args(folder, tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0] == "epoch,lr,train_loss,train_acc,test_acc,seconds" and len(log) == 3
+    state, meta, _ = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert meta.arch == "resnet20" and meta.classes == sorted(meta.classes) and len(meta.classes) == 10
+    assert meta.provenance["train_config"]["warmup_epochs"] == 1.0
+    assert meta.provenance["epochs"] == 2 and 0 <= meta.provenance["test_accuracy"] <= 1
+    create_model("resnet20").load_state_dict(state)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(folder, tmp_path, monkeypatch):
+    whole = CliRunner().invoke(main, _train_args(folder, tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+
+    calls = {"n": 0}
+    real_accuracy = training.accuracy
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(training, "accuracy", interrupt_in_second_epoch)
+    stopped = CliRunner().invoke(main, _train_args(folder, tmp_path / "resumed"))
+    assert stopped.exit_code == 130 and "rerun the same command to resume" in stopped.output
+    assert not (tmp_path / "resumed" / "final.pt").exists()
+    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    resumed = CliRunner().invoke(main, _train_args(folder, tmp_path / "resumed"))
+    assert resumed.exit_code == 0, resumed.output
+
+    a, _, _ = load_checkpoint(tmp_path / "whole" / "final.pt")
+    b, _, _ = load_checkpoint(tmp_path / "resumed" / "final.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_configuration_is_refused(folder, tmp_path):
+    assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run")).exit_code == 0
+    result = CliRunner().invoke(main, _train_args(folder, tmp_path / "run", "--lr", "0.01"))
+    assert result.exit_code != 0
+    assert result.output.strip().startswith("error:") and "another configuration" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bundled_weights_are_hash_checked_and_loadable(folder, tmp_path, monkeypatch):
+    assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run")).exit_code == 0
+    monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(weights, "MANIFEST", tmp_path / "pretrained" / "manifest.json")
+    (tmp_path / "pretrained").mkdir()
+    target = weights.bundle_checkpoint(tmp_path / "run" / "final.pt", "cifar10")
+    entry = json.loads(weights.MANIFEST.read_text())["resnet20"]["cifar10"]
+    assert entry["file"] == target.name == "resnet20-cifar10.pt"
+    assert entry["sha256"] == weights.sha256_of(target) and entry["command"]
+
+    expected, _, _ = load_checkpoint(tmp_path / "run" / "final.pt")
+    state, meta = weights.load_weights("cifar10", "resnet20")
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert weights.bundled_tags("resnet20") == ["cifar10"]
+
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="sha256"):
+        weights.load_weights("cifar10", "resnet20")
