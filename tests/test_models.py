@@ -100,7 +100,7 @@ def test_involution_aggregation_is_counted():
 def test_bivol_resnet50_adds_sakg_and_depthwise_static():
     red, bi = create_model("rednet50"), create_model("bivol_resnet50")
     channels = [m.channels for m in red.modules() if isinstance(m, Involution2d)]
-    extra = sum(9 * c + 9 * c + c * (c // 4) + c // 4 for c in channels)
+    extra = sum(9 * c + 9 * c + c * (c // 4) + c // 4 + 2 * c for c in channels)  # + the gate BN
     assert count_params(bi) - count_params(red) == extra
     assert sum(isinstance(m, Bivolution2d) for m in bi.modules()) == len(channels) == 17
 

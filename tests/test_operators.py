@@ -100,12 +100,17 @@ def test_bivolution_without_static_and_sakg_is_involution():
     torch.testing.assert_close(bi(x), inv(x))
 
 
-def test_bivolution_is_static_plus_dynamic():
+def test_bivolution_is_static_plus_gated_dynamic():
     bi = Bivolution2d(16, 32, stride=2, kernel_size=3).eval()
+    torch.nn.init.normal_(bi.dynamic.span.weight)
     x = torch.randn(2, 16, 8, 8)
-    torch.testing.assert_close(bi(x), bi.static(x) + bi.dynamic(x))
-    y = bi(x)
-    assert y.shape == (2, 32, 4, 4)
+    torch.testing.assert_close(bi(x), bi.static(x))  # the gate starts closed: static conv alone
+    torch.nn.init.uniform_(bi.dynamic_bn.weight, 0.5, 1.5)
+    torch.nn.init.normal_(bi.dynamic_bn.running_mean)
+    expected = bi.static(x) + bi.dynamic_bn(bi.dynamic(x))
+    assert not torch.allclose(expected, bi.static(x))
+    torch.testing.assert_close(bi(x), expected)
+    assert bi(x).shape == (2, 32, 4, 4)
 
 
 def _params(m):
@@ -118,13 +123,13 @@ def test_bivolution_ablation_parameter_counts():
     no_static = _params(Bivolution2d(c, kernel_size=k, static_branch=False))
     no_sakg = _params(Bivolution2d(c, kernel_size=k, sakg=False))
     plain = _params(Bivolution2d(c, kernel_size=k, static_branch=False, sakg=False))
-    static = c * c * 9
+    static = c * c * 9 + 2 * c  # the static conv and the dynamic branch's gate (BN scale, shift)
     sakg = c * 9 + (c * (c // 4) + c // 4)  # depth-wise 3x3 + channel FC (weight, bias)
     assert full - no_static == static
     assert full - no_sakg == sakg
     assert plain == _params(Involution2d(c, kernel_size=k))
     dw = _params(Bivolution2d(c, kernel_size=k, static_groups="depthwise"))
-    assert dw - no_static == c * 9
+    assert dw - no_static == c * 9 + 2 * c
 
 
 def test_operators_backward_and_shapes():

@@ -83,8 +83,8 @@ def _draw_parameters(seed: int, split: str, indices: np.ndarray) -> dict[str, np
         label = int(index) % len(CLASSES)  # exact class balance in every prefix of 10
         rows.append(np.concatenate([
             [label],
-            rng.uniform(0.3, 0.45, 1),                   # object scale (fraction of the side)
-            rng.uniform(-0.22, 0.22, 2),                 # object centre offset
+            rng.uniform(0.45, 0.6, 1),                   # object scale (fraction of the side)
+            rng.uniform(-0.15, 0.15, 2),                 # object centre offset
             rng.uniform(-0.35, 0.35, 1),                 # rotation (small: a square must not become a diamond)
             rng.uniform(0.35, 0.65, 3),                  # object colour offset from the background's
             rng.uniform(0, 1, 6),                        # background gradient colours

@@ -107,6 +107,8 @@ class RedNet(nn.Module):
         for m in self.modules():
             if isinstance(m, RedBottleneck):
                 nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, Bivolution2d):
+                m.reset_generator()  # its dynamic-branch gate starts closed (the loop above set it to 1)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
