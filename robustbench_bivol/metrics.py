@@ -285,6 +285,14 @@ def mean_corruption_error_ci(tidy: pd.DataFrame, per_sample: PerSample, model: s
     return _linear_ci(per_sample, model, mean_corruption_error(tidy, model), _unnormalised_weights(cells, BENCHMARK))
 
 
+def group_mean_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, group: str) -> tuple[float, float]:
+    """CI of a group's mean per-corruption error (see :func:`group_means`); NaN if the group is absent."""
+    cells = cell_errors(tidy, model)
+    names = EXTRA if group == "extra" else GROUPS[group]
+    estimate = group_means(tidy, model).get(group, math.nan)
+    return _linear_ci(per_sample, model, estimate, _unnormalised_weights(cells, names))
+
+
 def alexnet_mce_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, *,
                    relative: bool = False) -> tuple[float, float]:
     return _linear_ci(per_sample, model, alexnet_mce(tidy, model, relative=relative), _alexnet_weights(relative))
@@ -335,9 +343,9 @@ def mcnemar(model_correct: np.ndarray, baseline_correct: np.ndarray) -> dict[str
 
 def mcnemar_vs_baseline(tidy: pd.DataFrame, per_sample: PerSample, model: str,
                         baseline: str) -> dict[str, dict]:
-    """McNemar of ``model`` vs ``baseline`` per corruption (pooled over the severities both have)
-    and 'overall' (pooled over every benchmark cell both have); cells without paired per-sample
-    data are skipped."""
+    """McNemar of ``model`` vs ``baseline`` per corruption (pooled over the severities both have),
+    'overall' (pooled over every benchmark cell both have) and 'group noise' etc. (pooled over a
+    group's cells); cells without paired per-sample data are skipped."""
     shared = sorted(set(cell_errors(tidy, model)) & set(cell_errors(tidy, baseline)))
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for c, s in shared:
@@ -349,8 +357,15 @@ def mcnemar_vs_baseline(tidy: pd.DataFrame, per_sample: PerSample, model: str,
         pooled[c][1].append(base)
     out = {c: mcnemar(np.concatenate(pooled[c][0]), np.concatenate(pooled[c][1]))
            for c in BENCHMARK + EXTRA if c in pooled}
-    bench = [c for c in BENCHMARK if c in pooled]
-    if bench:
-        out["overall"] = mcnemar(np.concatenate([x for c in bench for x in pooled[c][0]]),
-                                 np.concatenate([x for c in bench for x in pooled[c][1]]))
+    def pool(names: Iterable[str]) -> dict | None:
+        present = [c for c in names if c in pooled]
+        if not present:
+            return None
+        return mcnemar(np.concatenate([x for c in present for x in pooled[c][0]]),
+                       np.concatenate([x for c in present for x in pooled[c][1]]))
+
+    for key, names in {"overall": BENCHMARK, **{f"group {g}": n for g, n in GROUPS.items()}}.items():
+        result = pool(names)
+        if result is not None:
+            out[key] = result
     return out

@@ -134,7 +134,10 @@ def _model_summary(tidy: pd.DataFrame, per_sample: M.PerSample, model: str, base
     entry[M.LABEL_MEAN_ERROR] = _pct(M.mean_corruption_error(tidy, model))
     entry[f"{M.LABEL_MEAN_ERROR} 95% CI"] = _pct_pair(M.mean_corruption_error_ci(tidy, per_sample, model))
     entry["benchmark corruptions in mean"] = [c for c in BENCHMARK if c in per]
-    entry["group means (unnormalised, %)"] = {g: _pct(v) for g, v in M.group_means(tidy, model).items()}
+    groups = M.group_means(tidy, model)
+    entry["group means (unnormalised, %)"] = {g: _pct(v) for g, v in groups.items()}
+    entry["group means (unnormalised, %) 95% CI"] = {
+        g: _pct_pair(M.group_mean_ci(tidy, per_sample, model, g)) for g in groups}
     if alexnet_normalisation:
         for relative, label in ((False, M.LABEL_MCE_ALEXNET), (True, M.LABEL_REL_MCE_ALEXNET)):
             try:
@@ -201,6 +204,54 @@ def format_summary(summary: dict[str, Any]) -> str:
         more = f" (and {len(notes) - 1} more note(s) in summary.json)" if len(notes) > 1 else ""
         lines.append(f"note: {notes[0]}{more}")
     return "\n".join(lines)
+
+
+def _with_ci(value: float | None, ci: list[float | None] | None) -> str:
+    if value is None:
+        return "-"
+    if not ci or ci[0] is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _p_value(test: dict | None) -> str:
+    return "-" if not test else f"{test['p_value']:.2g}"
+
+
+def study_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per model with what a robustness comparison reports: size and cost, clean accuracy,
+    unnormalised mean corruption error, baseline-normalised mCE and the noise group's mean error,
+    each with its 95% interval, and McNemar p-values against the baseline (all benchmark cells
+    pooled, and the noise cells pooled)."""
+    from .models import list_models
+    from .models.profile import models_table
+
+    baseline = summary.get("baseline")
+    mce_label = M.label_mce_baseline(baseline) if baseline else None
+    known = set(list_models())
+    rows = []
+    for name, entry in summary.get("models", {}).items():
+        profile = models_table([name])[0] if name in known else {}  # params and FLOPs at its input size
+        clean = entry.get(M.LABEL_CLEAN)
+        clean_ci = entry.get(f"{M.LABEL_CLEAN} 95% CI (Wilson)")
+        tests = entry.get(f"McNemar vs {baseline}", {}) if baseline else {}
+        row = {
+            "model": name,
+            "params (M)": f"{profile['params_m']:.3f}" if profile else "-",
+            "GFLOPs": f"{profile['gflops']:.3f}" if profile else "-",
+            "clean accuracy (%)": _with_ci(None if clean is None else 100 - clean,
+                                           None if not clean_ci else [100 - clean_ci[1], 100 - clean_ci[0]]),
+            "mean corruption error (%)": _with_ci(entry.get(M.LABEL_MEAN_ERROR), entry.get(f"{M.LABEL_MEAN_ERROR} 95% CI")),
+        }
+        if mce_label:
+            row[f"mCE vs {baseline} (%)"] = _with_ci(entry.get(mce_label), entry.get(f"{mce_label} 95% CI"))
+        row["noise error (%)"] = _with_ci(entry.get("group means (unnormalised, %)", {}).get("noise"),
+                                          entry.get("group means (unnormalised, %) 95% CI", {}).get("noise"))
+        if baseline:
+            row[f"McNemar p vs {baseline} (all)"] = "-" if name == baseline else _p_value(tests.get("overall"))
+            row[f"McNemar p vs {baseline} (noise)"] = "-" if name == baseline else _p_value(tests.get("group noise"))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
 
 
 # ----------------------------------------------------------------------------- plots
@@ -288,7 +339,7 @@ def _plot_groups(tidy: pd.DataFrame, models: list[str], plots: Path) -> None:
 def write_reports(run_dir: Path, tidy: pd.DataFrame, *, per_sample: dict, baseline: str | None,
                   alexnet_normalisation: bool, command: str) -> dict:
     """Write results.csv, corruption_errors.{csv,md}, ce.{csv,md} (when a normalisation applies),
-    summary.json and plots/*.{png,svg} into ``run_dir``; return the summary."""
+    summary.json, study.{csv,md} and plots/*.{png,svg} into ``run_dir``; return the summary."""
     run_dir = Path(run_dir)
     models = M.models_of(tidy)
     summary = build_summary(tidy, per_sample, baseline, alexnet_normalisation, command)
@@ -301,6 +352,10 @@ def write_reports(run_dir: Path, tidy: pd.DataFrame, *, per_sample: dict, baseli
     if len(ce):
         _write_table(run_dir, "ce", ce, "Corruption error (CE, %) per corruption and mCE")
     atomic_write_json(run_dir / "summary.json", summary)
+    if models:
+        _write_table(run_dir, "study", study_table(summary),
+                     "Study table: values in %, 95% intervals in brackets (clean: Wilson; means and mCE: "
+                     "paired delta method); McNemar p-values against the baseline on pooled cells")
     if models:
         plots = run_dir / "plots"
         _plot_severity(tidy, models, plots)

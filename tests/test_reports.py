@@ -119,3 +119,29 @@ def test_full_benchmark_with_alexnet_normalisation(tmp_path):
     assert M.LABEL_MCE_ALEXNET in format_summary(summary)
     assert all((tmp_path / "plots" / f"{stem}.svg").is_file() for stem in PLOTS)
     assert not summary["notes"]
+
+
+def test_study_table_recounts_from_per_sample(tmp_path):
+    """study.{csv,md}: registered models get params/FLOPs; the noise group's mean, its interval and
+    the pooled McNemar come from the per-sample arrays."""
+    cells = [("clean", 0)] + [(c, s) for c in ("gaussian_noise", "shot_noise", "fog") for s in (1, 2)]
+    tidy, ps = _run(["resnet20", "bivol_resnet20"], cells, n=200)
+    write_reports(tmp_path, tidy, per_sample=ps, baseline="resnet20", alexnet_normalisation=False, command="x")
+    study = pd.read_csv(tmp_path / "study.csv", index_col="model", dtype=str)
+    assert "| bivol_resnet20 |" in (tmp_path / "study.md").read_text()
+    assert study.loc["resnet20", "params (M)"] == "0.272" and study.loc["resnet20", "GFLOPs"] == "0.041"
+
+    noise = [(c, s) for c in ("gaussian_noise", "shot_noise") for s in (1, 2)]
+    wrong = np.mean([~ps[("bivol_resnet20", *cell)] for cell in noise], axis=0)  # per-image mean over noise cells
+    mean, half = 100 * wrong.mean(), 100 * 1.959964 * wrong.std(ddof=1) / np.sqrt(len(wrong))
+    value, interval = study.loc["bivol_resnet20", "noise error (%)"].split(" [")
+    low, high = (float(v) for v in interval.rstrip("]").split(", "))
+    assert float(value) == pytest.approx(mean, abs=0.01)
+    assert low == pytest.approx(mean - half, abs=0.01) and high == pytest.approx(mean + half, abs=0.01)
+
+    pooled = M.mcnemar(np.concatenate([ps[("bivol_resnet20", *c)] for c in noise]),
+                       np.concatenate([ps[("resnet20", *c)] for c in noise]))
+    assert study.loc["bivol_resnet20", "McNemar p vs resnet20 (noise)"] == f"{pooled['p_value']:.2g}"
+    assert study.loc["resnet20", "McNemar p vs resnet20 (noise)"] == "-"
+    clean_acc = 100 * ps[("bivol_resnet20", "clean", 0)].mean()
+    assert float(study.loc["bivol_resnet20", "clean accuracy (%)"].split(" [")[0]) == pytest.approx(clean_acc, abs=0.01)
