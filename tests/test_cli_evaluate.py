@@ -1,6 +1,8 @@
 """End to end: ``bivol-robust evaluate`` on a tiny subset, figures recounted independently."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,15 +75,20 @@ def test_evaluate_tiny_subset_recounts(tmp_path, checkpoint):
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), tidy)
 
 
-@pytest.mark.skipif("builtin" not in bundled_tags("resnet20"), reason="no bundled resnet20 weights")
-def test_evaluate_default_uses_bundled_weights(tmp_path):
+FIVE = ["resnet20", "bivol_resnet20", "condconv_resnet20", "dyconv_resnet20", "involution_resnet20"]
+
+
+def test_evaluate_default_compares_all_five_bundled_models(tmp_path):
+    assert all("builtin" in bundled_tags(name) for name in FIVE)
     out = tmp_path / "run"
-    _run(["evaluate", "--limit", "20", "--corruptions", "gaussian_noise", "--severities", "5",
+    _run(["evaluate", "--limit", "50", "--corruptions", "gaussian_noise", "--severities", "5",
           "--out", str(out), "--no-progress"])
     tidy = pd.read_csv(out / "results.csv")
-    assert set(tidy["model"]) >= {"resnet20"}
-    clean = tidy[(tidy.model == "resnet20") & (tidy.corruption == "clean")]["error (%)"].item()
-    assert clean < 50  # trained weights, far from chance (90%)
+    assert list(dict.fromkeys(tidy["model"])) == FIVE  # the static baseline first
+    clean = tidy[tidy.corruption == "clean"].set_index("model")["error (%)"]
+    assert (clean < 50).all(), clean  # trained weights, far from chance (90%)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "resnet20"
 
 
 def test_unknown_model_is_one_line_error(tmp_path):

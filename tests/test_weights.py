@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 
+from robustbench_bivol import weights
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.errors import CheckpointError, UsageError
 from robustbench_bivol.models import create_model
@@ -90,3 +91,16 @@ def test_unknown_source_lists_bundled():
         load_weights("nonsense", "resnet56")
     with pytest.raises(CheckpointError, match="not found"):
         load_weights("missing/file.pt", "resnet20")
+
+
+@pytest.mark.parametrize("arch,tag", [(arch, tag) for arch, tags in weights.manifest().items() for tag in tags])
+def test_every_bundled_checkpoint_verifies_and_loads(arch, tag):
+    """Shipped weights: hash and size as recorded, strict load into their architecture, provenance
+    naming the command that made them, and the recorded accuracy well above chance (10%)."""
+    entry = weights.manifest()[arch][tag]
+    path = weights.PRETRAINED_DIR / entry["file"]
+    assert path.stat().st_size == entry["bytes"] and weights.sha256_of(path) == entry["sha256"]
+    state, meta = load_weights(tag, arch)
+    create_model(arch, num_classes=meta.num_classes).load_state_dict(state)
+    assert meta.provenance["command"].startswith(f"bivol-robust train --model {arch} ")
+    assert entry["test_accuracy"] == meta.provenance["test_accuracy"] > 0.2
