@@ -40,6 +40,8 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Compressed: per-sample indices, labels and predictions shrink ~5x, so result folders with
+    their cells can be committed."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
