@@ -215,7 +215,9 @@ def _with_ci(value: float | None, ci: list[float | None] | None) -> str:
 
 
 def _p_value(test: dict | None) -> str:
-    return "-" if not test else f"{test['p_value']:.2g}"
+    if not test:
+        return "-"
+    return "<1e-300" if test["p_value"] == 0 else f"{test['p_value']:.2g}"  # 0.0 is float underflow
 
 
 def study_table(summary: dict[str, Any]) -> pd.DataFrame:
