@@ -100,6 +100,8 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_e
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total)))
     if config.schedule == "onecycle":
+        if config.warmup_epochs:
+            raise UsageError("--warmup-epochs applies to the cosine schedule; one-cycle warms up by itself")
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
     raise UsageError(f"unknown schedule '{config.schedule}' (choose cosine or onecycle)")
 

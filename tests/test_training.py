@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from robustbench_bivol import training, weights
 from robustbench_bivol.checkpoint import load_checkpoint
 from robustbench_bivol.cli import main
-from robustbench_bivol.errors import CheckpointError
+from robustbench_bivol.errors import CheckpointError, UsageError
 from robustbench_bivol.models import create_model
 from robustbench_bivol.training import TrainConfig, dyconv_temperature
 
@@ -50,6 +50,11 @@ def test_warmup_rises_linearly_then_cosine_decays():
     assert max(factors) == pytest.approx(factors[9]) and factors[-1] < 0.01
     plain = _lr_factors(TrainConfig(model="resnet20", epochs=4), steps_per_epoch=10)
     assert plain[0] == 1.0 and plain[10:] == pytest.approx(factors[10:])  # warm-up only changes the start
+
+
+def test_warmup_with_one_cycle_is_refused():
+    with pytest.raises(UsageError, match="one-cycle warms up by itself"):
+        _lr_factors(TrainConfig(model="resnet20", schedule="onecycle", warmup_epochs=1), steps_per_epoch=10)
 
 
 def test_dyconv_temperature_anneals_30_to_1():

@@ -356,7 +356,7 @@ class Bivolution2d(nn.Module):
         out = self.dynamic(x)
         if self.static is None:
             return out
-        out = self.dynamic_bn(out)  # the involution output is freed here, before the static branch runs
+        out = self.dynamic_bn(out)  # under no_grad the involution output is freed before the static branch runs
         static = self.static(x)
         if torch.result_type(static, out) == static.dtype:
             return static.add_(out)  # in place: no third activation-sized tensor
