@@ -48,8 +48,10 @@ from pathlib import Path
 
 import torch
 from machine import describe
-import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the naive references live with the tests
+from _naive import naive_forward
 
 from robustbench_bivol.models import create_model
 from robustbench_bivol.models.operators import (
@@ -68,28 +70,6 @@ KERNEL_SIZE = 7
 
 # ----------------------------------------------------------------------------- naive references
 
-def naive_per_example(x: torch.Tensor, mix: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      stride: int) -> torch.Tensor:
-    """One ordinary conv per example, each with its own mixed kernel ``sum_e mix[b, e] W_e``."""
-    outs = []
-    for i in range(x.shape[0]):
-        w = (mix[i].view(-1, 1, 1, 1, 1) * weight).sum(0)
-        b = None if bias is None else mix[i] @ bias
-        outs.append(F.conv2d(x[i:i + 1], w, b, stride=stride, padding=weight.shape[-1] // 2)[0])
-    return torch.stack(outs)
-
-
-def naive_unfold_involution(inv: Involution2d, x: torch.Tensor) -> torch.Tensor:
-    """Involution with the module's generator, aggregated through F.unfold (official RedNet form)."""
-    kernels = inv.generate_kernels(x)
-    b, c = x.shape[:2]
-    g, _, ho, wo = kernels.shape[1:]
-    k = inv.kernel_size
-    cols = F.unfold(x, k, 1, (k - 1) // 2, inv.stride).view(b, g, c // g, k * k, ho, wo)
-    out = (kernels.unsqueeze(2) * cols).sum(3).view(b, c, ho, wo)
-    return out if inv.proj is None else inv.proj(out)
-
-
 class Naive(nn.Module):
     """Wraps a fast operator; forward = the naive reference with the same parameters."""
 
@@ -98,17 +78,7 @@ class Naive(nn.Module):
         self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.fast
-        if isinstance(m, CondConv2d):
-            return naive_per_example(x, m.routing(x), m.weight, m.bias, m.stride)
-        if isinstance(m, DynamicConv2d):
-            return naive_per_example(x, m.attention_weights(x), m.weight, m.bias, m.stride)
-        if isinstance(m, Involution2d):
-            return naive_unfold_involution(m, x)
-        if isinstance(m, Bivolution2d):
-            out = naive_unfold_involution(m.dynamic, x)
-            return out if m.static is None else out + m.static(x)
-        raise TypeError(type(m).__name__)
+        return naive_forward(self.fast, x)
 
 
 def build_ops(c: int) -> list[tuple[str, nn.Module, str | None]]:
@@ -288,7 +258,7 @@ METHOD = """Method. Forward time: median of {repeats} timed calls after {warmup}
 no_grad, one operator at a time. Operators run C -> C at stride 1; CondConv E=4, DyConv K=4,
 involution K=7, G=C/16, reduction 4 (RedNet), Bi-volution = depth-wise 3x3 static branch + SAKG
 involution (bivol_resnet50's setting). The generators' last conv gets small random weights, so
-kernels vary by position. Naive references use the same modules' parameters and kernel
+kernels vary by position. Naive references (tests/_naive.py) use the same modules' parameters and kernel
 generators: CondConv/DyConv = Python loop, one conv per example with its own mixed kernel;
 involution/Bi-volution = aggregation through F.unfold (the official RedNet form).
 

@@ -3,22 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _naive import naive_forward, per_example_conv, unfold_aggregate
 
-from robustbench_bivol.models.operators import (Bivolution2d, CondConv2d, DynamicConv2d, Involution2d,
-                                                involution_aggregate)
-
-
-
-
-def _per_example_reference(x, mix, weight, bias, stride):
-    """One ordinary conv per example with its own mixed kernel."""
-    outs = []
-    for i in range(x.shape[0]):
-        w = (mix[i].view(-1, 1, 1, 1, 1) * weight).sum(0)
-        b = None if bias is None else mix[i] @ bias
-        outs.append(F.conv2d(x[i:i + 1], w, b, stride=stride, padding=weight.shape[-1] // 2)[0])
-    return torch.stack(outs)
+from robustbench_bivol.models.operators import (
+    Bivolution2d,
+    CondConv2d,
+    DynamicConv2d,
+    Involution2d,
+    involution_aggregate,
+)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -28,7 +21,7 @@ def test_condconv_equals_per_example_loop(stride, bias):
     if bias:
         torch.nn.init.normal_(m.bias)
     x = torch.randn(3, 6, 9, 9)
-    ref = _per_example_reference(x, m.routing(x), m.weight, m.bias, stride)
+    ref = per_example_conv(x, m.routing(x), m.weight, m.bias, stride)
     torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
 
 
@@ -41,7 +34,7 @@ def test_dyconv_equals_per_example_loop_and_temperature(stride):
         m.set_temperature(tau)
         pi = m.attention_weights(x)
         torch.testing.assert_close(pi.sum(1), torch.ones(3))
-        ref = _per_example_reference(x, pi, m.weight, m.bias, stride)
+        ref = per_example_conv(x, pi, m.weight, m.bias, stride)
         torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
     m.set_temperature(1e4)  # high temperature -> uniform attention
     torch.testing.assert_close(m.attention_weights(x), torch.full((3, 4), 0.25), atol=1e-3, rtol=0)
@@ -56,14 +49,6 @@ def test_set_temperature_reaches_dyconv_modules():
     assert all(m.temperature == 10.0 for m in model.modules() if isinstance(m, DynamicConv2d))
 
 
-def _unfold_involution(x, kernels, k, stride):
-    """Naive reference (official RedNet form): unfold x to (B, G, C/G, K*K, Ho, Wo), multiply, sum."""
-    b, c = x.shape[:2]
-    g, _, ho, wo = kernels.shape[1:]
-    cols = F.unfold(x, k, 1, (k - 1) // 2, stride).view(b, g, c // g, k * k, ho, wo)
-    return (kernels.unsqueeze(2) * cols).sum(3).view(b, c, ho, wo)
-
-
 @pytest.mark.parametrize("k,stride,size", [(7, 1, 8), (3, 1, 5), (7, 2, 8), (3, 2, 9)])
 def test_involution_equals_unfold_reference(k, stride, size):
     m = Involution2d(32, stride=stride, kernel_size=k)
@@ -72,10 +57,10 @@ def test_involution_equals_unfold_reference(k, stride, size):
     kernels = m.generate_kernels(x)
     assert kernels.shape[:3] == (2, 2, k * k)  # G = 32 / 16
     out = m(x)
-    ref = _unfold_involution(x, kernels, k, stride)
+    ref = unfold_aggregate(x, kernels, k, stride)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     g1 = torch.autograd.grad(out.sum(), x)[0]
-    g2 = torch.autograd.grad(_unfold_involution(x, m.generate_kernels(x), k, stride).sum(), x)[0]
+    g2 = torch.autograd.grad(unfold_aggregate(x, m.generate_kernels(x), k, stride).sum(), x)[0]
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
 
 
@@ -110,6 +95,7 @@ def test_bivolution_is_static_plus_gated_dynamic():
     expected = bi.static(x) + bi.dynamic_bn(bi.dynamic(x))
     assert not torch.allclose(expected, bi.static(x))
     torch.testing.assert_close(bi(x), expected)
+    torch.testing.assert_close(bi(x), naive_forward(bi, x), rtol=1e-4, atol=1e-5)  # the benchmark's reference
     assert bi(x).shape == (2, 32, 4, 4)
 
 
@@ -180,7 +166,7 @@ def test_involution_training_mode_is_unchunked():
     m = Involution2d(32, kernel_size=7)
     _randomise_generator(m)
     x = torch.randn(2, 32, 16, 16)
-    ref = _unfold_involution(x, m.generate_kernels(x), 7, 1)
+    ref = unfold_aggregate(x, m.generate_kernels(x), 7, 1)
     m.bn.reset_running_stats()
     torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)  # whole-map batch statistics
     assert m.bn.num_batches_tracked == 1
