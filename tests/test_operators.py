@@ -141,6 +141,7 @@ def test_involution_chunked_forward_equals_unchunked(k, stride, size, sakg):
     bi = Bivolution2d(32, stride=stride, kernel_size=k, sakg=sakg).eval()  # sakg=False: plain involution
     m = bi.dynamic
     _randomise_generator(m)
+    m.chunk_min_bytes = 0  # these maps are far below the default size threshold
     ho = (size - 1) // stride + 1
     assert m.chunk_rows(ho) < ho  # the default budget chunks these shapes
     x = torch.randn(2, 32, size, size, requires_grad=True)
@@ -160,6 +161,20 @@ def test_involution_chunked_forward_equals_unchunked(k, stride, size, sakg):
         for a, b in zip(g, grads[None], strict=True):
             # sums of many large terms (random span weights): tolerance relative to the gradient's scale
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item(), msg=str(budget))
+
+
+def test_involution_chunks_only_large_kernel_maps(monkeypatch):
+    m = Involution2d(32, kernel_size=7).eval()
+    calls = []
+    original = Involution2d._forward_chunked
+    monkeypatch.setattr(Involution2d, "_forward_chunked", lambda self, *a: calls.append(a) or original(self, *a))
+    x = torch.randn(1, 32, 16, 16)  # kernel map: 2 groups x 49 taps x 16 x 16 x 4 bytes = 100 KB
+    with torch.no_grad():
+        m(x)
+        assert not calls
+        m.chunk_min_bytes = 2 * 49 * 16 * 16 * 4  # exactly this map's size: chunked
+        m(x)
+    assert len(calls) == 1
 
 
 def test_involution_training_mode_is_unchunked():
