@@ -166,6 +166,11 @@ def operator_table(device: torch.device, quick: bool, warmup: int, repeats: int)
     for c, s in stages:
         torch.manual_seed(0)
         ops = [(n, m.to(device), r) for n, m, r in build_ops(c)]
+        if quick:  # the tiny maps fall under Involution2d.chunk_min_bytes; smoke-test the chunked path measured in full runs
+            for _, m, _ in ops:
+                for inv in m.modules():
+                    if isinstance(inv, Involution2d):
+                        inv.chunk_min_bytes = 0
         x = torch.randn(batch, c, s, s, device=device)
         rows: dict[str, dict] = {}
         for name, m, ref in ops:
