@@ -12,6 +12,8 @@ same border semantics, so the batched torch corruptions agree with the reference
 * ``plasma_fractal``: the diamond-square height map behind fog, batched over images.
 * ``clipped_zoom``: ``scipy.ndimage.zoom(order=1)`` of a centre crop.
 * ``sample_bilinear``: ``scipy.ndimage.map_coordinates(order=1)`` with SciPy's border modes.
+* ``eight_bit_levels``: recognise float images that came from uint8 (the api's ``u / 255``), for
+  the ops with exact 8-bit fast paths.
 """
 from __future__ import annotations
 
@@ -24,6 +26,17 @@ import torch.nn.functional as F
 #: SciPy border modes used by the reference: 'nearest' (aaa|abc|ccc), 'reflect' (cba|abc|cba,
 #: half-sample symmetric) and 'mirror' (cb|abc|ba, OpenCV's BORDER_REFLECT_101).
 BORDER_MODES = ("nearest", "reflect", "mirror")
+
+
+def eight_bit_levels(x: torch.Tensor) -> torch.Tensor | None:
+    """``round(x * 255)`` as uint8 if every element of float ``x`` lies within 1e-4 of a level
+    ``k / 255``, k in 0..255 (as the api's ``u / 255`` does in float32), else ``None``."""
+    scaled = x * 255
+    levels = torch.round(scaled)
+    on_grid = bool(scaled.sub_(levels).abs_().le_(1e-4).all())
+    if on_grid and levels.numel() and 0 <= float(levels.min()) and float(levels.max()) <= 255:
+        return levels.to(torch.uint8)
+    return None
 
 
 def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:

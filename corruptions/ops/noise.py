@@ -6,11 +6,15 @@ image's own generator, so an image's noise never depends on its batch or on the 
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
+from ..api import to_uint8
 from .base import register
+from .kernels import eight_bit_levels
 
 
 def per_image(generators: Sequence[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor],
@@ -41,7 +45,61 @@ def gaussian_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generat
     return noise.mul_(c).add_(x)  # x + c * noise (addition commutes exactly)
 
 
-@register("shot_noise", params={
+#: Shot noise draws 24-bit uniforms ``r`` (``torch.rand`` is ``r * 2**-24``) and inverts the
+#: Poisson CDF of the pixel's rate: the count is the number of CDF thresholds ``<= r``.
+_UNIFORM_BITS = 24
+#: The uniforms are split into 2**12 buckets per level; most buckets hold no CDF threshold, so
+#: one table lookup gives the count, and only the few others need a binary search.
+_BUCKET_BITS = 12
+
+
+@functools.lru_cache(maxsize=16)
+def _shot_tables(c: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """Inverse-CDF tables of ``Poisson(k / 255 * c)`` for the 256 levels k.
+
+    Returns ``bucket`` (256 * 2**12,) int16: the output level of every uniform of the bucket,
+    or -1 where a CDF threshold splits the bucket; ``sorted_thresholds`` (256 * K,) int64: level
+    ``k``'s thresholds ``ceil(CDF * 2**24)`` offset by ``k << 25``, globally sorted, for the
+    split buckets' search; K; and ``count_level`` (K,) uint8: ``to_uint8(count / c)``, the
+    api's conversion of the float result. Tail mass beyond K - 1 is below 2**-40.
+    """
+    k = torch.arange(int(c + 14 * math.sqrt(c) + 30), dtype=torch.float64)
+    rates = torch.arange(256, dtype=torch.float64).div_(255).mul_(c).unsqueeze(1)
+    pmf = torch.exp(torch.xlogy(k, rates) - rates - torch.lgamma(k + 1))
+    one = 1 << _UNIFORM_BITS
+    thresholds = torch.ceil(pmf.cumsum(1) * one).to(torch.int64).clamp_(max=one)
+    thresholds[:, -1] = one  # no uniform r < 2**24 reaches it: the count stays below K
+    width = 1 << (_UNIFORM_BITS - _BUCKET_BITS)
+    starts = torch.arange(0, one, width, dtype=torch.int64).expand(256, -1).contiguous()
+    first = torch.searchsorted(thresholds, starts, right=True)
+    last = torch.searchsorted(thresholds, starts + (width - 1), right=True)
+    count_level = to_uint8(k.float() / c, inplace=True)  # float32 count / c, as the float path
+    bucket = torch.where(first == last, count_level[first].to(torch.int64), -1)
+    offsets = torch.arange(256, dtype=torch.int64).unsqueeze(1) << (_UNIFORM_BITS + 1)
+    return (bucket.to(torch.int16).flatten().to(device), (thresholds + offsets).flatten().to(device),
+            k.numel(), count_level.to(device))
+
+
+def _shot_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``to_uint8(Poisson(u / 255 * c) / c)`` on uint8 levels, by inverse transform: one 24-bit
+    uniform per element from the image's own generator, one bucket lookup, a binary search
+    for the few elements whose bucket a CDF threshold splits."""
+    bucket, sorted_thresholds, k, count_level = _shot_tables(float(c), u.device)
+    r = per_image_into(generators, tuple(u.shape[1:]), "rand", u.device)
+    r = r.mul_(1 << _UNIFORM_BITS).to(torch.int32).flatten()  # exact: rand is a multiple of 2**-24
+    level = u.to(torch.int32).flatten()
+    index = (level << _BUCKET_BITS).bitwise_or_(r >> (_UNIFORM_BITS - _BUCKET_BITS))
+    out = bucket.index_select(0, index)
+    split = out.lt(0).nonzero().squeeze(1)
+    if split.numel():
+        lv = level.index_select(0, split).to(torch.int64)
+        key = (lv << (_UNIFORM_BITS + 1)) + r.index_select(0, split)
+        counts = torch.searchsorted(sorted_thresholds, key, right=True) - lv * k
+        out.index_copy_(0, split, count_level.index_select(0, counts).to(torch.int16))
+    return out.to(torch.uint8).view_as(u)
+
+
+@register("shot_noise", fn_uint8=_shot_uint8, params={
     "imagenet": [60, 25, 12, 5, 3],
     "tinyimagenet": [250, 100, 50, 30, 15],
     "cifar": [500, 250, 100, 75, 50],
@@ -49,8 +107,14 @@ def gaussian_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generat
 def shot_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Poisson photon noise: ``Poisson(x * c) / c`` (c photons at full intensity).
 
-    ``torch.poisson`` only accepts a CPU generator for CPU rates, so the rates visit the CPU.
+    Images on the 8-bit grid (all the api passes) take the exact inverse-CDF sampler of
+    :func:`_shot_uint8` (the result comes back on the 8-bit grid); other inputs call
+    ``torch.poisson``, which only accepts a CPU generator for CPU rates, so the rates visit the
+    CPU. Both sample Poisson exactly but from different random numbers.
     """
+    levels = eight_bit_levels(x)
+    if levels is not None:
+        return _shot_uint8(levels, c, generators).to(x.dtype) / 255
     rates = (x * c).cpu()
     counts = torch.stack([torch.poisson(r, generator=g) for r, g in zip(rates, generators)])
     return counts.to(x.device) / float(c)
