@@ -8,8 +8,14 @@ import torch
 from PIL import Image
 
 import corruptions as C
+from corruptions.api import to_uint8
 from corruptions.ops import IMPLEMENTATIONS
-from corruptions.ops.digital import hsv_to_rgb, pil_box_resize, rgb_to_hsv
+from corruptions.ops.digital import (
+    hsv_to_rgb,
+    pil_box_resize,
+    rgb_to_hsv,
+    to_uint8_exact,
+)
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 DETERMINISTIC = ("brightness", "contrast", "saturate", "pixelate", "jpeg_compression")
@@ -195,3 +201,49 @@ def test_noise_statistics(name: str) -> None:
     else:
         flipped = (d != 0).float().mean().item()
         assert abs(flipped - c) < 0.5 * c + 0.005
+
+
+@pytest.mark.parametrize("c", [3, 60, 500])
+def test_shot_noise_level_tables_are_poisson(c: int) -> None:
+    """The inverse-CDF tables (8-bit inputs) sample ``to_uint8(Poisson(k / 255 * c) / c)``:
+    per level, mean and variance match the exact distribution (scipy) and the general
+    ``torch.poisson`` path (an input just off the 8-bit grid)."""
+    stats = pytest.importorskip("scipy.stats")
+    levels = torch.tensor([0, 1, 37, 128, 254, 255], dtype=torch.uint8)
+    n = 20000
+    u = levels.repeat(n).view(1, 1, n, -1)
+    impl = IMPLEMENTATIONS["shot_noise"]
+    table = impl.fn_uint8(u, c, [torch.Generator().manual_seed(0)]).double().view(n, -1)
+    general = to_uint8(impl.fn(u.float() / 255 + 2e-4 / 255, c, [torch.Generator().manual_seed(1)]))
+    general = general.double().view(n, -1)
+    k = torch.arange(int(c + 20 * c ** 0.5 + 30))
+    out = to_uint8(k.float() / c).double()
+    for j, level in enumerate(levels.tolist()):
+        pmf = torch.from_numpy(stats.poisson.pmf(k.numpy(), level / 255 * c))
+        mean, var = (pmf * out).sum().item(), (pmf * out ** 2).sum().item() - (pmf * out).sum().item() ** 2
+        se = (var / n) ** 0.5 + 1e-9
+        assert abs(table[:, j].mean().item() - mean) < 5 * se, (c, level)
+        if level:  # the off-grid input of level 0 has a tiny positive rate
+            assert abs(general[:, j].mean().item() - table[:, j].mean().item()) < 7 * se, (c, level)
+        if var > 0:
+            assert abs(table[:, j].var().item() / var - 1) < 0.1, (c, level)
+        else:
+            assert table[:, j].var().item() == 0, (c, level)
+
+
+@pytest.mark.parametrize("name", ["brightness", "saturate"])
+def test_hsv_uint8_path_equals_float64_path(name: str) -> None:
+    """The table-driven uint8 HSV round trip is bit-exact to the float64 one for every
+    parameter of every profile, ties between channels and greys included."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randint(0, 256, (4, 3, 48, 48), generator=g, dtype=torch.uint8)
+    u[0, 1] = u[0, 0]  # red == green
+    u[1, 2] = u[1, 1]  # green == blue
+    u[2, :] = u[2, :1]  # greys
+    u[3, 0] = u[3, 2]  # red == blue
+    u[3, :, :8] = torch.randint(0, 4, (3, 8, 48), generator=g, dtype=torch.uint8) * 85
+    impl = IMPLEMENTATIONS[name]
+    for table in impl.params.values():
+        for c in table:
+            expected = to_uint8_exact(impl.fn(u.float() / 255, c, []))
+            assert torch.equal(impl.fn_uint8(u, c, []), expected), c

@@ -5,7 +5,8 @@ make_tinyimagenet_c.py, make_cifar_c.py). None of these corruptions is random.
 
 * brightness / saturate go through HSV exactly like scikit-image's ``rgb2hsv`` / ``hsv2rgb``
   (same hue tie-breaking: blue over green over red when several channels share the maximum),
-  computed in float64 like the NumPy reference.
+  computed in float64 like the NumPy reference. uint8 images (all the api passes) take a
+  table-driven path with the same float64 operations per pixel, bit-exact to it and ~4x faster.
 * contrast scales each channel around its per-image mean (float64 as in the reference).
 * pixelate reproduces Pillow's fixed-point resampling (``Image.resize(..., Image.BOX)``) bit for
   bit: BOX down to ``int(side * c)`` then BOX back up, as all three generators do.
@@ -34,19 +35,19 @@ import torch
 
 from ..jpeg import jpeg_round_trip
 from .base import register
+from .kernels import eight_bit_levels
 
 # ------------------------------------------------------------------------------------ HSV
 
 
 def exact64(x: torch.Tensor) -> torch.Tensor:
     """float64 copy of ``x``; values within 1e-6 of a level k/255 become exactly k/255 (float64)."""
-    if x.dtype == torch.float32:
-        # Fast path (the api's inputs u / 255): when every element is within 1e-4 of a level in
-        # float32, it is within 1e-4 + 2e-5 < 255e-6 levels of it in exact arithmetic, i.e. the
-        # 1e-6 test below passes everywhere and the answer is exactly ``round(x * 255) / 255``.
-        levels = torch.round(x * 255)
-        if bool(((x * 255).sub_(levels).abs_() <= 1e-4).all()):
-            return levels.double().div_(255)
+    # Fast path (inputs u / 255): when every element is within 1e-4 of a level in float32, it is
+    # within 1e-4 + 2e-5 < 255e-6 levels of it in exact arithmetic, i.e. the 1e-6 test below
+    # passes everywhere and the answer is exactly ``round(x * 255) / 255``.
+    levels = eight_bit_levels(x) if x.dtype == torch.float32 else None
+    if levels is not None:
+        return levels.double().div_(255)
     xd = x.double()
     snapped = torch.round(xd * 255) / 255
     return torch.where((xd - snapped).abs() < 1e-6, snapped, xd)
@@ -85,7 +86,91 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-3)
 
 
-@register("brightness", params={
+@functools.lru_cache(maxsize=4)
+def _level_pairs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 tables over the 8-bit levels: ``level[k] = k / 255`` and, for a pair ``(a, b)``
+    at ``a * 256 + b``, ``diff = a / 255 - b / 255`` (rounded as NumPy subtracts)."""
+    level = torch.arange(256, dtype=torch.float64, device=device) / 255
+    return level, (level.view(-1, 1) - level.view(1, -1)).flatten()
+
+
+@functools.lru_cache(maxsize=4)
+def _saturation_of_pairs(device: torch.device) -> torch.Tensor:
+    """rgb2hsv's S of every (max, min) level pair: ``delta / v``, 0 where ``delta == 0``."""
+    level, diff = _level_pairs(device)
+    v = level.view(-1, 1).expand(256, 256).flatten()
+    return torch.where(diff == 0, 0.0, diff / v).to(torch.float64)
+
+
+#: hsv2rgb's six hue sectors: which of (value, p, q-or-t) r, g and b (rows) receive per sector.
+_SECTOR_SOURCES = torch.tensor([[0, 2, 1, 1, 2, 0], [2, 0, 0, 2, 1, 1], [1, 1, 2, 0, 0, 2]],
+                               dtype=torch.uint8)
+#: rgb2hsv's hue offset per case ``2 * (blue is max) + (green is max)``: red 0, green 2, blue 4.
+_HUE_OFFSET = torch.tensor([0.0, 2.0, 4.0, 4.0], dtype=torch.float64)
+
+
+def _hsv_uint8(u: torch.Tensor, value: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+    """``to_uint8(hsv2rgb(hsv'))`` of uint8 images, ``hsv' = (h, saturation, value)`` of
+    ``rgb2hsv(u / 255)``, bit-exact to the float64 path (:func:`rgb_to_hsv`, :func:`hsv_to_rgb`).
+
+    ``value`` (256,) is the new V of each max level, ``saturation`` (65536,) the new S of each
+    (max, min) pair; both float64. Per pixel only the hue needs arithmetic: the ordering of the
+    channels is found on the uint8 levels, the float64 differences come from a table of pairs,
+    and of hsv2rgb's outputs V and p depend on (max, min) alone, so they come from tables too;
+    the float64 operations left are skimage's own, in its order.
+    """
+    diff = _level_pairs(u.device)[1]
+    r, g, b = u.unbind(1)
+    vmax = torch.maximum(torch.maximum(r, g), b)
+    vmin = torch.minimum(torch.minimum(r, g), b)
+    blue, green = b == vmax, g == vmax  # rgb2hsv lets blue override green override red
+    first = _select(blue, r, _select(green, b, g)).to(torch.int32)
+    second = _select(blue, g, _select(green, r, b)).to(torch.int32)
+    pair = (vmax.to(torch.int32) << 8).bitwise_or_(vmin.to(torch.int32)).flatten()
+    hue = diff.index_select(0, (first << 8).bitwise_or_(second).flatten()).view(vmax.shape)
+    hue = hue.div_(diff.index_select(0, pair).view(vmax.shape))
+    case = (blue.to(torch.int32) << 1).bitwise_or_(green.to(torch.int32)).flatten()
+    hue = _HUE_OFFSET.to(u.device).index_select(0, case).view(vmax.shape).add_(hue).div_(6)
+    hue = hue.add_(hue < 0).masked_fill_(vmax == vmin, 0)  # % 1 for hue in [-1/6, 1), as NumPy
+    hue6 = hue.mul_(6)
+    sector = torch.floor(hue6)
+    f = hue6.sub_(sector)
+    sector = sector.to(torch.uint8)
+    sector = sector.masked_fill_(sector == 6, 0).to(torch.int32).flatten()  # hi % 6
+    s = saturation.index_select(0, pair).view(vmax.shape)
+    v = value.index_select(0, vmax.to(torch.int32).flatten()).view(vmax.shape)
+    # q = v (1 - f s) in odd sectors, t = v (1 - (1 - f) s) in even ones: |even - f| is f or
+    # exactly NumPy's 1 - f
+    a = (sector.view(vmax.shape) & 1 ^ 1).to(torch.float64).sub_(f).abs_()
+    mid = to_uint8_exact(a.mul_(s).neg_().add_(1).mul_(v))
+    v_level = to_uint8_exact(value.clone()).index_select(0, vmax.to(torch.int32).flatten())
+    p_level = to_uint8_exact(value.view(-1, 1).mul(1 - saturation.view(256, 256))).flatten()
+    v_level, p_level = v_level.view(vmax.shape), p_level.index_select(0, pair).view(vmax.shape)
+    out = []
+    for source in _SECTOR_SOURCES.to(u.device):
+        code = source.index_select(0, sector).view(vmax.shape)
+        out.append(_select(code == 0, v_level, _select(code == 1, p_level, mid)))
+    return torch.stack(out, 1)
+
+
+def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, a, b)`` for uint8 by wrapping arithmetic, ``b + (a - b) * mask``:
+    on the CPU ``where`` branches per element (about 60x slower on incoherent masks)."""
+    return (a - b).mul_(mask).add_(b)
+
+
+def _brightness_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    level = _level_pairs(u.device)[0]
+    return _hsv_uint8(u, (level + c).clamp_(0, 1), _saturation_of_pairs(u.device))
+
+
+def _saturate_uint8(u: torch.Tensor, c: tuple[float, float],
+                    generators: Sequence[torch.Generator]) -> torch.Tensor:
+    level = _level_pairs(u.device)[0]
+    return _hsv_uint8(u, level, (_saturation_of_pairs(u.device) * c[0] + c[1]).clamp_(0, 1))
+
+
+@register("brightness", fn_uint8=_brightness_uint8, params={
     "imagenet": [.1, .2, .3, .4, .5],
     "tinyimagenet": [.1, .2, .3, .4, .5],
     "cifar": [.05, .1, .15, .2, .3],
@@ -96,7 +181,7 @@ def brightness(x: torch.Tensor, c: float, generators: Sequence[torch.Generator])
     return hsv_to_rgb(torch.stack([h, s, (v + c).clamp(0, 1)], dim=-3))
 
 
-@register("saturate", params={
+@register("saturate", fn_uint8=_saturate_uint8, params={
     "imagenet": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)],
     "tinyimagenet": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (30, 0.2)],
     "cifar": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
