@@ -48,16 +48,16 @@ def gaussian_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generat
 #: Shot noise draws 24-bit uniforms ``r`` (``torch.rand`` is ``r * 2**-24``) and inverts the
 #: Poisson CDF of the pixel's rate: the count is the number of CDF thresholds ``<= r``.
 _UNIFORM_BITS = 24
-#: The uniforms are split into 2**12 buckets per level; most buckets hold no CDF threshold, so
+#: The uniforms are split into 2**11 buckets per level; most buckets hold no CDF threshold, so
 #: one table lookup gives the count, and only the few others need a binary search.
-_BUCKET_BITS = 12
+_BUCKET_BITS = 11
 
 
 @functools.lru_cache(maxsize=16)
 def _shot_tables(c: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Inverse-CDF tables of ``Poisson(k / 255 * c)`` for the 256 levels k.
 
-    Returns ``bucket`` (256 * 2**12,) int16: the output level of every uniform of the bucket,
+    Returns ``bucket`` (256 * 2**11,) int16: the output level of every uniform of the bucket,
     or -1 where a CDF threshold splits the bucket; ``sorted_thresholds`` (256 * K,) int64: level
     ``k``'s thresholds ``ceil(CDF * 2**24)`` offset by ``k << 25``, globally sorted, for the
     split buckets' search; K; and ``count_level`` (K,) uint8: ``to_uint8(count / c)``, the
@@ -69,15 +69,18 @@ def _shot_tables(c: float, device: torch.device) -> tuple[torch.Tensor, torch.Te
     one = 1 << _UNIFORM_BITS
     thresholds = torch.ceil(pmf.cumsum(1) * one).to(torch.int64).clamp_(max=one)
     thresholds[:, -1] = one  # no uniform r < 2**24 reaches it: the count stays below K
-    width = 1 << (_UNIFORM_BITS - _BUCKET_BITS)
-    starts = torch.arange(0, one, width, dtype=torch.int64).expand(256, -1).contiguous()
-    first = torch.searchsorted(thresholds, starts, right=True)
-    last = torch.searchsorted(thresholds, starts + (width - 1), right=True)
+    # the count at a bucket's first (last) uniform is the number of thresholds in the buckets
+    # before it, rounding each threshold up (down) to a bucket: cumulative histograms
+    shift = _UNIFORM_BITS - _BUCKET_BITS
+    edges = torch.stack([-(-thresholds >> shift), thresholds >> shift])
+    first, last = torch.zeros(2, 256, (1 << _BUCKET_BITS) + 1, dtype=torch.int32).scatter_add_(
+        2, edges, torch.ones_like(edges, dtype=torch.int32)).cumsum_(2)[..., :-1]
     count_level = to_uint8(k.float() / c, inplace=True)  # float32 count / c, as the float path
-    bucket = torch.where(first == last, count_level[first].to(torch.int64), -1)
+    bucket = count_level.to(torch.int16).index_select(0, first.flatten())
+    bucket = bucket.masked_fill_((first != last).flatten(), -1)
     offsets = torch.arange(256, dtype=torch.int64).unsqueeze(1) << (_UNIFORM_BITS + 1)
-    return (bucket.to(torch.int16).flatten().to(device), (thresholds + offsets).flatten().to(device),
-            k.numel(), count_level.to(device))
+    return (bucket.to(device), (thresholds + offsets).flatten().to(device), k.numel(),
+            count_level.to(device))
 
 
 def _shot_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -120,13 +123,19 @@ def shot_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator])
     return counts.to(x.device) / float(c)
 
 
+def _impulse_masks(shape: torch.Size, c: float, generators: Sequence[torch.Generator],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, salt) boolean masks of salt & pepper noise from one uniform ``r`` per element:
+    ``r < c`` flips the element (probability c), to salt when ``r < c / 2`` (equal odds)."""
+    r = per_image_into(generators, tuple(shape[1:]), "rand", device)
+    return r >= c, r < c / 2
+
+
 def _impulse_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """``to_uint8(impulse_noise(u / 255))`` on the 8-bit levels: kept elements stay ``u``
     (``to_uint8(u / 255) == u``), salt becomes 255 and pepper 0; same draws, same masks."""
-    draws = per_image_into(generators, (2, *u.shape[1:]), "rand", u.device)
-    flipped = draws[:, 0] <= c
-    salt = draws[:, 1] <= 0.5
-    return u.masked_fill(flipped & salt, 255).masked_fill_(flipped & ~salt, 0)
+    kept, salt = _impulse_masks(u.shape, c, generators, u.device)
+    return u.mul(kept).add_(salt.to(torch.uint8).mul_(255))
 
 
 @register("impulse_noise", fn_uint8=_impulse_uint8, params={
@@ -137,10 +146,8 @@ def _impulse_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generat
 def impulse_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """skimage ``random_noise(mode='s&p', amount=c)``: each element is flipped with
     probability c, independently per channel, to 1 (salt) or 0 (pepper) with equal odds."""
-    u = per_image_into(generators, (2, *x.shape[1:]), "rand", x.device)
-    flipped = u[:, 0] <= c
-    salt = u[:, 1] <= 0.5
-    return x.masked_fill(flipped & salt, 1.0).masked_fill_(flipped & ~salt, 0.0)
+    kept, salt = _impulse_masks(x.shape, c, generators, x.device)
+    return x.mul(kept).add_(salt)
 
 
 @register("speckle_noise", params={
