@@ -28,15 +28,15 @@ _EPS_LEVELS = 1e-3
 def to_uint8(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Float images in [0, 1] -> uint8 by clipping and truncating like ``np.uint8(x * 255)``.
 
-    ``inplace=True`` reuses ``x`` as scratch (the api passes op outputs it owns). The result is at
-    most ``floor(255 + 1e-3) = 255``, so no second clamp is needed.
+    ``inplace=True`` reuses ``x`` as scratch (the api passes op outputs it owns). Clamping
+    ``x * 255 + eps`` to [0, 255] gives the same levels as scaling ``clip(x, 0, 1)``, and the
+    cast truncates the non-negative result, so no separate clip or floor pass is needed.
     """
     eps = 0.0 if x.dtype == torch.float64 else _EPS_LEVELS
-    y = x.clamp_(0, 1) if inplace else x.clamp(0, 1)
-    y = y.mul_(255)
+    y = x.mul_(255) if inplace else x * 255
     if eps:
         y = y.add_(eps)
-    return y.floor_().to(torch.uint8)
+    return y.clamp_(0, 255).to(torch.uint8)
 
 
 #: Target number of elements per chunk of the batch on the CPU. Large float tensors (tens of MB)
@@ -45,14 +45,10 @@ def to_uint8(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
 _CPU_CHUNK_ELEMENTS = 1 << 19
 
 
-#: ops made of many small kernels (fog's diamond-square loop) prefer larger chunks.
-_CHUNK_SCALE = {"fog": 16}
-
-
-def _chunks(n: int, image_elements: int, device: torch.device, name: str = "") -> list[tuple[int, int]]:
+def _chunks(n: int, image_elements: int, device: torch.device) -> list[tuple[int, int]]:
     if device.type != "cpu":
         return [(0, n)]
-    step = max(1, _CPU_CHUNK_ELEMENTS * _CHUNK_SCALE.get(name, 1) // max(1, image_elements))
+    step = max(1, _CPU_CHUNK_ELEMENTS // max(1, image_elements))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -114,7 +110,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
         # into chunks (CPU only, see _CPU_CHUNK_ELEMENTS) cannot change any image's output.
         parts = []
         with torch.no_grad():
-            for lo, hi in _chunks(n, batch[0].numel(), batch.device, name):
+            for lo, hi in _chunks(n, batch[0].numel(), batch.device):
                 generators = [torch_generator(seed, i, name, severity) for i in indices[lo:hi]]
                 if impl.fn_uint8 is not None:
                     parts.append(impl.fn_uint8(batch[lo:hi], c, generators))

@@ -17,6 +17,7 @@ same border semantics, so the batched torch corruptions agree with the reference
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -222,41 +223,49 @@ def plasma_fractal(mapsize: int, wibbledecay: float, generators: Sequence[torch.
     """
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
-    b = len(generators)
-    levels = []
-    step = mapsize
-    while step >= 2:
-        levels.append(mapsize // step)
-        step //= 2
-    total = sum(3 * n * n for n in levels)
-    draws = torch.stack([torch.rand(total, generator=g) for g in generators]).to(device)
-    noise = draws * 2 - 1  # U(-1, 1)
-    m = torch.zeros(b, mapsize, mapsize, device=device)
-    step, wibble, used = mapsize, 100.0, 0
+    square = _wibble_squares(mapsize, float(wibbledecay))
+    noise = torch.empty(len(generators), square.numel())
+    for row, g in zip(noise, generators):
+        torch.rand(square.numel(), generator=g, out=row)
+    noise = noise.mul_(2 * square).sub_(square).to(device)  # wibble * U(-wibble, wibble)
+    # The grid of one level's corners (B, n, n) is kept contiguous; each level computes the
+    # centres and the two sets of edge midpoints from it and interleaves the four into the
+    # next level's corners (the reference writes strided slices of one map instead).
+    corners = torch.zeros(len(generators), 1, 1, device=device)
+    used = 0
 
     def wibbled_mean(acc: torch.Tensor) -> torch.Tensor:
         nonlocal used
         size = acc.shape[1] * acc.shape[2]
-        u = noise[:, used:used + size].view_as(acc)
+        perturbation = noise[:, used:used + size].view_as(acc)
         used += size
-        return acc / 4 + wibble * (wibble * u)
+        return acc.mul_(0.25).add_(perturbation)
 
-    while step >= 2:
-        half = step // 2
-        corners = m[:, 0::step, 0::step]
-        acc = corners + corners.roll(-1, 1)
-        acc = acc + acc.roll(-1, 2)
-        m[:, half::step, half::step] = wibbled_mean(acc)
-        centres = m[:, half::step, half::step]
-        corners = m[:, 0::step, 0::step]
-        m[:, 0::step, half::step] = wibbled_mean(
-            centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
-        m[:, half::step, 0::step] = wibbled_mean(
-            centres + centres.roll(1, 2) + corners + corners.roll(-1, 1))
-        step //= 2
-        wibble /= wibbledecay
-    m = m - m.amin(dim=(1, 2), keepdim=True)
-    return m / m.amax(dim=(1, 2), keepdim=True)
+    while corners.shape[1] < mapsize:
+        below = corners.roll(-1, 1)
+        acc = corners + below
+        centres = wibbled_mean(acc.add_(acc.roll(-1, 2)))
+        top = wibbled_mean(centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
+        left = wibbled_mean(centres + centres.roll(1, 2) + corners + below)
+        b, n = corners.shape[:2]
+        grid = torch.empty(b, n, 2, n, 2, device=device)
+        grid[:, :, 0, :, 0], grid[:, :, 0, :, 1] = corners, top
+        grid[:, :, 1, :, 0], grid[:, :, 1, :, 1] = left, centres
+        corners = grid.view(b, 2 * n, 2 * n)
+    m = corners.sub_(corners.amin(dim=(1, 2), keepdim=True))
+    return m.div_(m.amax(dim=(1, 2), keepdim=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _wibble_squares(mapsize: int, wibbledecay: float) -> torch.Tensor:
+    """``wibble**2`` of every uniform :func:`plasma_fractal` draws, level by level (3 n**2 per
+    level of n**2 squares; wibble starts at 100 and is divided by ``wibbledecay`` per level)."""
+    sizes, wibble, n = [], [], 1
+    while n < mapsize:
+        sizes.append(3 * n * n)
+        wibble.append(100.0 / wibbledecay ** len(wibble))
+        n *= 2
+    return torch.tensor(wibble).square().repeat_interleave(torch.tensor(sizes))
 
 
 def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:

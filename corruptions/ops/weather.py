@@ -132,8 +132,8 @@ def fog(x: torch.Tensor, c: tuple[float, float],
     h, w = x.shape[-2:]
     haze = plasma_fractal(next_power_of_2(max(h, w)), c[1], generators, x.device)
     max_val = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = x + c[0] * haze[:, None, :h, :w].to(x.dtype)
-    return (x * max_val / (max_val + c[0])).clamp(0, 1)
+    foggy = torch.add(x, haze[:, None, :h, :w].to(x.dtype), alpha=c[0])
+    return foggy.mul_(max_val / (max_val + c[0])).clamp_(0, 1)
 
 
 #: Spatter colours: pale turquoise water and mud brown, as the reference's 0..255 triples.
