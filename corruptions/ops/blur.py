@@ -28,7 +28,7 @@ def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
 def defocus_blur(x: torch.Tensor, c: tuple[float, float],
                  generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Anti-aliased disk of radius ``c[0]`` (cv2.filter2D, reflect-101 border)."""
-    return filter2d(x, disk_kernel(c[0], c[1])).clamp(0, 1)
+    return filter2d(x, disk_kernel(c[0], c[1])).clamp_(0, 1)
 
 
 @register("glass_blur", params={

@@ -110,14 +110,25 @@ def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "nearest",
     return _filter1d(_filter1d(x, kernel, -2, mode), kernel, -1, mode)
 
 
-def _trim_zero_border(kernel: torch.Tensor) -> torch.Tensor:
-    """Drop all-zero outer rows/columns symmetrically so the kernel's centre is unchanged."""
-    while kernel.shape[-1] > 1 and kernel.shape[-2] > 1 and not (
-        kernel[..., 0, :].any() or kernel[..., -1, :].any()
-        or kernel[..., :, 0].any() or kernel[..., :, -1].any()
-    ):
-        kernel = kernel[..., 1:-1, 1:-1]
-    return kernel
+def _crop_to_support(kernel: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The smallest window of an odd-sized kernel (..., kh, kw) that holds its non-zero taps and
+    its centre, and how far it reaches (top, bottom, left, right) from the centre: the padding a
+    correlation needs. Motion kernels are one-sided lines, so this halves their padding."""
+    kh, kw = kernel.shape[-2:]
+    cy, cx = kh // 2, kw // 2
+    taps = kernel.reshape(-1, kh, kw) != 0
+    rows = taps.any(-1).any(0).nonzero().flatten().tolist() + [cy]
+    cols = taps.any(-2).any(0).nonzero().flatten().tolist() + [cx]
+    r0, r1, c0, c1 = min(rows), max(rows), min(cols), max(cols)
+    return kernel[..., r0:r1 + 1, c0:c1 + 1], (cy - r0, r1 - cy, cx - c0, c1 - cx)
+
+
+def fft_size(n: int) -> int:
+    """The smallest length >= ``n`` of the form ``8 * 2**a * k``, k in {1, 3, 5, 9, 15}. FFT time
+    depends on the factors, not only the length: at 224 px, 232 = 8 * 29 px and 244 = 4 * 61 px
+    took 3-4x as long as 240 or 256 px, and odd lengths are slow in rfft."""
+    return min(8 * k << max(0, math.ceil(math.log2(n / (8 * k))))
+               for k in (1, 3, 5, 9, 15))
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> torch.Tensor:
@@ -125,42 +136,44 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> tor
 
     ``kernel`` is (kh, kw) for the whole batch or (B, kh, kw), one per image (random motion
     angles). Computed through the FFT of the padded image (in ``x``'s precision, at least
-    float32), so the cost does not grow with the kernel size (motion kernels reach 81 x 81).
-    Default border: OpenCV's BORDER_REFLECT_101.
+    float32) at a fast transform size, so the cost does not grow with the kernel size (motion
+    kernels reach 81 x 81). Default border: OpenCV's BORDER_REFLECT_101.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     kernel = kernel.to(device=x.device, dtype=dtype)
-    if x.dim() != 4 or x.shape[0] == 1:
-        return _filter2d_fft(x, kernel, mode, dtype)
-    # Batched FFTs round differently depending on how many transforms run together (and a batch
-    # of kernels is trimmed to its widest member), so every image is filtered on its own, as if
-    # it came alone: its output never depends on the batch it came in.
-    if kernel.dim() == 2:
-        kernel = _trim_zero_border(kernel)
+    if x.dim() != 4 or x.shape[0] == 1 or kernel.dim() == 2:
+        # one kernel: its spectrum is computed once
+        kernel, pads = _crop_to_support(kernel)
         spectra: dict[tuple[int, int], torch.Tensor] = {}
-        return torch.cat([_filter2d_fft(x[i:i + 1], kernel, mode, dtype, spectra)
+        if x.dim() != 4 or x.shape[0] == 1:
+            return _filter2d_fft(x, kernel, pads, mode, dtype, spectra)
+    # Batched FFTs round differently depending on how many transforms run together (and a batch
+    # of kernels would be cropped to its widest member), so every image is filtered on its own,
+    # as if it came alone: its output never depends on the batch it came in.
+    if kernel.dim() == 2:
+        return torch.cat([_filter2d_fft(x[i:i + 1], kernel, pads, mode, dtype, spectra)
                           for i in range(x.shape[0])])
-    return torch.cat([_filter2d_fft(x[i:i + 1], kernel[i:i + 1], mode, dtype)
+    return torch.cat([_filter2d_fft(x[i:i + 1], *_crop_to_support(kernel[i:i + 1]), mode, dtype, {})
                       for i in range(x.shape[0])])
 
 
-def _filter2d_fft(x: torch.Tensor, kernel: torch.Tensor, mode: str, dtype: torch.dtype,
-                  spectra: dict | None = None) -> torch.Tensor:
-    kernel = _trim_zero_border(kernel)
-    kh, kw = kernel.shape[-2:]
-    ry, rx = kh // 2, kw // 2
+def _filter2d_fft(x: torch.Tensor, kernel: torch.Tensor, pads: tuple[int, int, int, int], mode: str,
+                  dtype: torch.dtype, spectra: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """Correlate ``x`` with a kernel cropped by :func:`_crop_to_support` (``pads``: its reach);
+    ``spectra`` caches the kernel's spectrum per transform size."""
     if kernel.dim() == 3:
         kernel = kernel.unsqueeze(1)  # (B, 1, kh, kw): one kernel for all channels of an image
-    xp = pad2d(x, ry, ry, rx, rx, mode)
+    top, bottom, left, right = pads
     h, w = x.shape[-2:]
-    hp, wp = xp.shape[-2:]
-    kspec = None if spectra is None else spectra.get((hp, wp))
-    if kspec is None:
-        kspec = torch.fft.rfft2(kernel, s=(hp, wp)).conj()
-        if spectra is not None:
-            spectra[(hp, wp)] = kspec
-    spectrum = torch.fft.rfft2(xp.to(dtype)) * kspec
-    return torch.fft.irfft2(spectrum, s=(hp, wp))[..., :h, :w].to(x.dtype)
+    size = (fft_size(h + top + bottom), fft_size(w + left + right))
+    # The correlation of the first h x w outputs never wraps around the transform, so the
+    # transform's extra rows and columns may hold anything: the border mode fills them too,
+    # which spares a zero-filled copy.
+    xp = pad2d(x, top, size[0] - h - top, left, size[1] - w - left, mode)
+    if size not in spectra:
+        spectra[size] = torch.fft.rfft2(kernel, s=size).conj()
+    spectrum = torch.fft.rfft2(xp.to(dtype)).mul_(spectra[size])
+    return torch.fft.irfft2(spectrum, s=size)[..., :h, :w].to(x.dtype)
 
 
 def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
@@ -198,14 +211,13 @@ def motion_kernel(radius: int, sigma: float, angle_deg: float, height: int,
     weights = torch.exp(-(i**2) / (2 * sigma**2))
     weights = weights / weights.sum()
     rad = math.radians(angle_deg)
+    dy = -torch.ceil(i * math.sin(rad) - 0.5).to(torch.int64)
+    dx = -torch.ceil(i * math.cos(rad) - 0.5).to(torch.int64)
+    inside = ((dy.abs() < height) & (dx.abs() < width)).cumprod(0).bool()
     kernel = torch.zeros(2 * taps - 1, 2 * taps - 1, dtype=torch.float64)
-    for k in range(taps):
-        dy = -math.ceil(k * math.sin(rad) - 0.5)
-        dx = -math.ceil(k * math.cos(rad) - 0.5)
-        if abs(dy) >= height or abs(dx) >= width:
-            break
-        # a shift by (dy, dx) reads the source pixel at offset (-dy, -dx)
-        kernel[taps - 1 - dy, taps - 1 - dx] += weights[k]
+    # a shift by (dy, dx) reads the source pixel at offset (-dy, -dx)
+    kernel.index_put_((taps - 1 - dy[inside], taps - 1 - dx[inside]), weights[inside],
+                      accumulate=True)
     return kernel
 
 
