@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .base import register
-from .kernels import clipped_zoom, disk_kernel, filter2d, gaussian_blur as _gaussian, motion_kernel
+from .kernels import (clipped_zoom, disk_kernel, filter2d, gaussian_blur as _gaussian, motion_kernel,
+                      per_image_into)
 
 
 def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -49,13 +50,15 @@ def glass_blur(x: torch.Tensor, c: tuple[float, int, int],
     # where float rounding would otherwise push them one level down.
     q = torch.floor(_gaussian(x, sigma) * 255 + 1e-4).clamp(0, 255) / 255
     source = torch.arange(h * w, device=x.device).expand(b, -1)
+    side = 2 * delta  # one uniform per pixel gives both shifts in [-delta, delta)
+    grid = (max(h - side, 0), max(w - side, 0))
     for _ in range(iterations):
-        shifts = torch.stack([
-            torch.randint(-delta, delta, (max(h - 2 * delta, 0), max(w - 2 * delta, 0), 2),
-                          generator=g) for g in generators]).to(x.device)
+        cell = per_image_into(generators, grid, "rand", x.device).mul_(side * side).floor_()
+        dy = torch.floor(cell / side)  # small integers: float arithmetic is exact
+        shifts = torch.stack([cell - dy * side, dy], dim=-1).sub_(delta).to(torch.int32)
         source = source.gather(1, _scramble_map(shifts, h, w, delta))
     q = q.flatten(2).gather(2, source.unsqueeze(1).expand(-1, x.shape[1], -1)).view_as(x)
-    return _gaussian(q, sigma).clamp(0, 1)
+    return _gaussian(q, sigma).clamp_(0, 1)
 
 
 def _scramble_map(shifts: torch.Tensor, h: int, w: int, delta: int) -> torch.Tensor:
@@ -72,25 +75,25 @@ def _scramble_map(shifts: torch.Tensor, h: int, w: int, delta: int) -> torch.Ten
     """
     b = shifts.shape[0]
     device = shifts.device
-    ident = torch.arange(h * w, device=device).expand(b, -1).clone()
+    ident = torch.arange(h * w, device=device).expand(b, -1)
     rows, cols = shifts.shape[1:3]
     if rows == 0 or cols == 0:
-        return ident
-    # visit rank r*cols + k is pixel (h - delta - r, w - delta - k)
-    r = torch.arange(rows, device=device).view(1, -1, 1)
-    k = torch.arange(cols, device=device).view(1, 1, -1)
-    py, px = h - delta - r, w - delta - k
-    sy, sx = py + shifts[..., 1], px + shifts[..., 0]
-    s_r, s_k = h - delta - sy, w - delta - sx
-    visited_before = ((s_r >= 0) & (s_r < rows) & (s_k >= 0) & (s_k < cols)
-                      & (s_r * cols + s_k < r * cols + k))
-    p = (py * w + px).expand(b, -1, -1).reshape(b, -1)
-    s = (sy * w + sx).reshape(b, -1)
-    before = visited_before.reshape(b, -1)
+        return ident.clone()
+    # visit rank r * cols + k is pixel (h - delta - r, w - delta - k); its source s = p + (dy, dx)
+    # has rank (r - dy) * cols + (k - dx): visited earlier iff it lies in the visited window and
+    # dy * cols + dx > 0 (|dx| < cols)
+    dx, dy = shifts.to(torch.int32).unbind(-1)  # small integers: int32 arithmetic is cheaper
+    r = torch.arange(rows, device=device, dtype=torch.int32).view(1, -1, 1)
+    k = torch.arange(cols, device=device, dtype=torch.int32).view(1, 1, -1)
+    s_r, s_k = r - dy, k - dx
+    before = ((dy * cols + dx > 0) & (s_r >= 0) & (s_r < rows) & (s_k >= 0) & (s_k < cols))
+    offset = dy * w + dx
+    # in pixel order the visit grid is flipped along both axes; p = identity inside the window
+    window = (slice(None), slice(delta + 1, delta + 1 + rows), slice(delta + 1, delta + 1 + cols))
     pointer = ident.clone()
-    pointer.scatter_(1, p, torch.where(before, s, p))
+    pointer.view(b, h, w)[window] += (offset * before).flip(1, 2)
     value = ident.clone()
-    value.scatter_(1, p, torch.where(before, p, s))
+    value.view(b, h, w)[window] += (offset * ~before).flip(1, 2)
     while True:
         jumped = pointer.gather(1, pointer)
         if torch.equal(jumped, pointer):

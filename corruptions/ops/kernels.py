@@ -12,6 +12,7 @@ same border semantics, so the batched torch corruptions agree with the reference
 * ``plasma_fractal``: the diamond-square height map behind fog, batched over images.
 * ``clipped_zoom``: ``scipy.ndimage.zoom(order=1)`` of a centre crop.
 * ``sample_bilinear``: ``scipy.ndimage.map_coordinates(order=1)`` with SciPy's border modes.
+* ``per_image_into``: every image's random numbers from its own generator, as one batch.
 * ``eight_bit_levels``: recognise float images that came from uint8 (the api's ``u / 255``), for
   the ops with exact 8-bit fast paths.
 """
@@ -27,6 +28,17 @@ import torch.nn.functional as F
 #: SciPy border modes used by the reference: 'nearest' (aaa|abc|ccc), 'reflect' (cba|abc|cba,
 #: half-sample symmetric) and 'mirror' (cb|abc|ba, OpenCV's BORDER_REFLECT_101).
 BORDER_MODES = ("nearest", "reflect", "mirror")
+
+
+def per_image_into(generators: Sequence[torch.Generator], shape: tuple[int, ...], sampler: str,
+                   device: torch.device) -> torch.Tensor:
+    """One ``torch.rand`` / ``torch.randn`` draw of ``shape`` per image from its own CPU generator,
+    written straight into one preallocated CPU batch, then moved to ``device``."""
+    out = torch.empty(len(generators), *shape)
+    fn = torch.rand if sampler == "rand" else torch.randn
+    for row, g in zip(out, generators):
+        fn(shape, generator=g, out=row)
+    return out.to(device)
 
 
 def eight_bit_levels(x: torch.Tensor) -> torch.Tensor | None:

@@ -8,30 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ..api import to_uint8
 from .base import register
-from .kernels import eight_bit_levels
-
-
-def per_image(generators: Sequence[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor],
-              device: torch.device) -> torch.Tensor:
-    """Stack one CPU draw per image (``draw(generator)``) and move the batch to ``device``."""
-    return torch.stack([draw(g) for g in generators]).to(device)
-
-
-def per_image_into(generators: Sequence[torch.Generator], shape: tuple[int, ...], sampler: str,
-                   device: torch.device) -> torch.Tensor:
-    """``per_image`` for ``torch.rand`` / ``torch.randn`` (same numbers), drawn straight into one
-    preallocated CPU batch instead of stacking copies."""
-    out = torch.empty(len(generators), *shape)
-    fn = torch.rand if sampler == "rand" else torch.randn
-    for row, g in zip(out, generators):
-        fn(shape, generator=g, out=row)
-    return out.to(device)
+from .kernels import eight_bit_levels, per_image_into
 
 
 @register("gaussian_noise", params={
