@@ -1,4 +1,4 @@
-"""JPEG round trips through Pillow, one image at a time on the CPU.
+"""JPEG round trips, one image at a time on the CPU, through OpenCV's libjpeg-turbo.
 
 One helper serves both uses:
 
@@ -8,27 +8,19 @@ One helper serves both uses:
   ``Image.save(path, quality=85, optimize=True)``. ``optimize`` only re-builds the Huffman tables
   (lossless), so the decoded pixels are those of a plain quality-85 save; it is skipped here.
 
-Pillow is the encoder the generators used, so for the same libjpeg build the output is bit-exact.
+Pillow is the generators' codec. OpenCV's codec makes the same choices as Pillow's defaults (IJG
+quality-scaled tables, 4:2:0 chroma subsampling, integer DCT, "fancy" chroma upsampling on
+decode), so both libjpeg-turbo builds give the same pixels (verified bit-exact at every quality
+of every profile and at 85, tests/test_corruptions_api.py), at 2x (224 px) to 5x (32 px) less
+time per image: no PIL image objects, no Python-level file parsing.
 """
 from __future__ import annotations
 
-from io import BytesIO
-
-import numpy as np
+import cv2
 import torch
-from PIL import Image
 
 #: Quality of the JPEG files of the released ImageNet-C / Tiny-ImageNet-C.
 RELEASE_QUALITY = 85
-
-
-def encode_decode(image_hwc: np.ndarray, quality: int) -> np.ndarray:
-    """Encode one uint8 (H, W, 3) array as JPEG at ``quality`` with Pillow and decode it back."""
-    buffer = BytesIO()
-    Image.fromarray(image_hwc).save(buffer, "JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
 
 
 def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_QUALITY) -> torch.Tensor:
@@ -44,7 +36,12 @@ def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_QUALITY) -> tor
     batch = images[None] if single else images
     if batch.dim() != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) or (3, H, W) images, got {tuple(images.shape)}")
-    hwc = batch.detach().cpu().permute(0, 2, 3, 1).contiguous().numpy()
-    out = np.stack([encode_decode(img, quality) for img in hwc])
-    result = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    cpu = batch.detach().cpu()
+    out = torch.empty_like(cpu)
+    for image, decoded in zip(cpu, out):  # per image: the layout copies stay in cache
+        bgr = torch.stack([image[2], image[1], image[0]], dim=-1).numpy()  # OpenCV encodes BGR
+        rgb = cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR_RGB)
+        decoded.copy_(torch.from_numpy(rgb).permute(2, 0, 1))
+    result = out.to(images.device)
     return result[0] if single else result

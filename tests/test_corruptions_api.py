@@ -141,6 +141,25 @@ def test_jpeg_round_trip_matches_pillow_release_step() -> None:
         C.jpeg_round_trip(x.float())
 
 
+@pytest.mark.parametrize("size", [32, 224])
+def test_jpeg_codec_equals_pillow_at_every_quality(size: int) -> None:
+    """The OpenCV round trip against Pillow's (the generators' codec) at the qualities of all
+    severities of all profiles and at 85: the fidelity contract is a mean absolute difference of
+    at most 1/255; these builds agree bit for bit, so a tenth of a level already fails."""
+    from corruptions.ops import IMPLEMENTATIONS
+
+    x = images(2, size)
+    qualities = {q for table in IMPLEMENTATIONS["jpeg_compression"].params.values() for q in table}
+    for quality in sorted(qualities | {85}):
+        out = C.jpeg_round_trip(x, quality)
+        for i in range(len(x)):
+            buf = BytesIO()
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality)
+            ref = torch.from_numpy(np.array(Image.open(BytesIO(buf.getvalue())).convert("RGB")))
+            mad = (out[i].permute(1, 2, 0).int() - ref.int()).abs().double().mean().item()
+            assert mad <= 0.1, (quality, i, mad)
+
+
 def test_corrupt_with_jpeg_quality(batch32: torch.Tensor) -> None:
     plain = C.corrupt(batch32, "gaussian_noise", 1)
     assert torch.equal(C.corrupt(batch32, "gaussian_noise", 1, jpeg_quality=85),

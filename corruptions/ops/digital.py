@@ -15,7 +15,8 @@ make_tinyimagenet_c.py, make_cifar_c.py). None of these corruptions is random.
   for square images (all three profiles). For strongly non-square images Pillow 13 sometimes
   runs the vertical pass first (rule not reverse-engineered here), so a few pixels may differ
   by one level there.
-* jpeg_compression encodes each image with Pillow at quality ``c`` (see ``corruptions.jpeg``).
+* jpeg_compression encodes each image as JPEG at quality ``c`` and decodes it (libjpeg-turbo,
+  the same pixels as the generators' Pillow; see ``corruptions.jpeg``).
 
 Pixelate and JPEG work on 8-bit images: the input is rounded to the nearest of 256 levels, which
 is exact for images that came from uint8.
@@ -335,6 +336,6 @@ def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) 
     "cifar": [80, 65, 58, 50, 40],
 })
 def jpeg_compression(x: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Encode each image as JPEG at quality ``c`` with Pillow and decode it."""
+    """Encode each image as JPEG at quality ``c`` and decode it (as Pillow does)."""
     return _through_uint8(_jpeg_uint8, x, c, generators)
 
