@@ -253,50 +253,56 @@ def _box_weights(in_size: int, out_size: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _box_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """The non-zero entries of :func:`_box_weights` as taps: ``index`` (out_size, K) int64 into
-    the input line and ``weight`` (out_size, K) int32 (padded with zero weights), and whether the
-    pass is a plain copy (one tap of weight ``1 << 22`` per output: nearest-pixel up-sampling)."""
+    the input line, padded with ``in_size`` (a zero line the caller appends), and the weight of
+    each output, ``weight`` (out_size,) int32: a BOX output averages its taps with one weight.
+    Also whether the pass is a plain copy (one tap of weight ``1 << 22`` per output:
+    nearest-pixel up-sampling)."""
     dense = _box_weights(in_size, out_size)
     nonzero = dense != 0
+    weight = dense.amax(1)
+    if not bool((~nonzero | (dense == weight.unsqueeze(1))).all()):
+        raise AssertionError("BOX weights of one output differ")  # cannot happen for BOX
     k = max(1, int(nonzero.sum(1).max()))
-    index = torch.zeros(out_size, k, dtype=torch.int64)
-    weight = torch.zeros(out_size, k, dtype=torch.int32)
+    index = torch.full((out_size, k), in_size, dtype=torch.int64)
     for row in range(out_size):
         cols = nonzero[row].nonzero().flatten()
         index[row, :len(cols)] = cols
-        weight[row, :len(cols)] = dense[row, cols].to(torch.int32)
     copy = k == 1 and bool((weight == 1 << _PRECISION_BITS).all())
-    return index, weight, copy
+    return index, weight.to(torch.int32), copy
 
 
-def _apply(levels: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """One fixed-point pass along the rows (dimension -2) with Pillow's rounding.
+def _box_pass(lines: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """One fixed-point pass along dimension -2 of uint8 ``lines`` with Pillow's rounding.
 
-    ``levels`` holds integers 0..255 (uint8 or int32). Integer arithmetic is exact: the weights
-    of an output sum to about ``1 << 22``, so ``255 * sum + (1 << 21) < 2 ** 31``. Returns uint8.
-    Row selections copy whole contiguous lines, which is why the width pass runs transposed.
+    Each output is ``(sum of its K taps * weight + 2**21) >> 22``: the 8-bit taps are summed
+    exactly in int16 (int32 past 128 taps), then scaled once in int32 (``weight ~ 2**22 / K``,
+    so ``255 * K * weight < 2**31``). Row
+    selections copy whole contiguous lines, which is why the width pass runs transposed; the
+    copy that makes the lines contiguous also appends the zero line the padding taps read.
     """
     index, weight, copy = _box_taps(in_size, out_size)
-    index = index.to(levels.device)
+    index = index.to(lines.device)
     if copy:
-        return levels.index_select(-2, index[:, 0]).to(torch.uint8)
-    weight = weight.to(levels.device).unsqueeze(-1)
-    levels = levels.to(torch.int32)
-    acc = levels.index_select(-2, index[:, 0]).mul_(weight[:, 0])
+        return lines.contiguous().index_select(-2, index[:, 0])
+    padded = lines.new_zeros(*lines.shape[:-2], in_size + 1, lines.shape[-1])
+    padded[..., :in_size, :] = lines
+    acc = padded.index_select(-2, index[:, 0]).to(torch.int16 if index.shape[1] <= 128 else torch.int32)
     for k in range(1, index.shape[1]):
-        acc.addcmul_(levels.index_select(-2, index[:, k]), weight[:, k])
-    acc.add_(1 << (_PRECISION_BITS - 1)).bitwise_right_shift_(_PRECISION_BITS)
-    return acc.clamp_(0, 255).to(torch.uint8)
+        acc += padded.index_select(-2, index[:, k])
+    acc = acc.to(torch.int32).mul_(weight.to(lines.device).unsqueeze(-1))
+    acc = acc.add_(1 << (_PRECISION_BITS - 1)).bitwise_right_shift_(_PRECISION_BITS)
+    return acc.clamp_(max=255).to(torch.uint8)
 
 
 def pil_box_resize(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``PIL.Image.resize((width, height), Image.BOX)`` on 8-bit levels (integers in 0..255, any
     dtype; float input must hold whole numbers) of shape (..., H, W): horizontal pass first,
     each pass rounded to 8 bits. Returns the input's dtype."""
-    out = levels if levels.dtype == torch.uint8 else levels.to(torch.int32)
+    out = levels if levels.dtype == torch.uint8 else levels.to(torch.uint8)
     if width != levels.shape[-1]:
-        out = _apply(out.transpose(-1, -2).contiguous(), levels.shape[-1], width).transpose(-1, -2)
+        out = _box_pass(out.transpose(-1, -2), levels.shape[-1], width).transpose(-1, -2)
     if height != levels.shape[-2]:
-        out = _apply(out.contiguous(), levels.shape[-2], height)
+        out = _box_pass(out, levels.shape[-2], height)
     return out.to(levels.dtype).contiguous()
 
 
