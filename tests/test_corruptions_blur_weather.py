@@ -89,8 +89,8 @@ def test_motion_kernel_matches_reference_shift_and_add(rgb: np.ndarray, radius: 
                                                        sigma: float, angle: float) -> None:
     # (20, 15) on a 23 x 29 image also exercises the reference's early stop at the border
     ref = ic._motion_blur(rgb, radius=radius, sigma=sigma, angle=angle)
-    kernel = K.motion_kernel(radius, sigma, angle, *rgb.shape[:2])
-    out = K.filter2d(torch.from_numpy(rgb).permute(2, 0, 1)[None], kernel[None], mode="nearest")
+    kernel = K.motion_kernel(radius, sigma, [angle], *rgb.shape[:2])
+    out = K.filter2d(torch.from_numpy(rgb).permute(2, 0, 1)[None], kernel, mode="nearest")
     np.testing.assert_allclose(hwc(out[0]), ref, atol=1e-7)
 
 

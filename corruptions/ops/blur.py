@@ -117,8 +117,7 @@ def motion_blur(x: torch.Tensor, c: tuple[int, float],
 def streak(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
     """The reference's motion blur with one angle per image (edge-replicated borders)."""
     h, w = x.shape[-2:]
-    kernels = torch.stack([motion_kernel(radius, sigma, a, h, w) for a in angles])
-    return filter2d(x, kernels, mode="nearest")
+    return filter2d(x, motion_kernel(radius, sigma, angles, h, w), mode="nearest")
 
 
 @register("zoom_blur", params={

@@ -122,17 +122,23 @@ def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "nearest",
     return _filter1d(_filter1d(x, kernel, -2, mode), kernel, -1, mode)
 
 
-def _crop_to_support(kernel: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """The smallest window of an odd-sized kernel (..., kh, kw) that holds its non-zero taps and
-    its centre, and how far it reaches (top, bottom, left, right) from the centre: the padding a
-    correlation needs. Motion kernels are one-sided lines, so this halves their padding."""
-    kh, kw = kernel.shape[-2:]
-    cy, cx = kh // 2, kw // 2
-    taps = kernel.reshape(-1, kh, kw) != 0
-    rows = taps.any(-1).any(0).nonzero().flatten().tolist() + [cy]
-    cols = taps.any(-2).any(0).nonzero().flatten().tolist() + [cx]
-    r0, r1, c0, c1 = min(rows), max(rows), min(cols), max(cols)
-    return kernel[..., r0:r1 + 1, c0:c1 + 1], (cy - r0, r1 - cy, cx - c0, c1 - cx)
+def _crop_to_support(kernel: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, int, int, int]]]:
+    """For each of the odd-sized kernels (B, kh, kw): the smallest window holding its non-zero
+    taps and its centre, and how far it reaches (top, bottom, left, right) from the centre: the
+    padding a correlation needs. Motion kernels are one-sided lines, so this halves their
+    padding. Found for the whole batch at once."""
+    b, kh, kw = kernel.shape
+    taps = kernel != 0
+    bounds = []
+    for lines, centre in ((taps.any(-1), kh // 2), (taps.any(-2), kw // 2)):
+        n = lines.shape[1]
+        first = torch.where(lines.any(1), lines.int().argmax(1), n).clamp(max=centre)
+        last = torch.where(lines.any(1), n - 1 - lines.flip(1).int().argmax(1), -1).clamp(min=centre)
+        bounds.append(torch.stack([first, last], 1))
+    out = []
+    for i, ((r0, r1), (c0, c1)) in enumerate(torch.stack(bounds, 1).tolist()):
+        out.append((kernel[i, r0:r1 + 1, c0:c1 + 1], (kh // 2 - r0, r1 - kh // 2, kw // 2 - c0, c1 - kw // 2)))
+    return out
 
 
 def fft_size(n: int) -> int:
@@ -155,26 +161,25 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> tor
     kernel = kernel.to(device=x.device, dtype=dtype)
     if x.dim() != 4 or x.shape[0] == 1 or kernel.dim() == 2:
         # one kernel: its spectrum is computed once
-        kernel, pads = _crop_to_support(kernel)
+        (kernel, pads), = _crop_to_support(kernel.reshape(-1, *kernel.shape[-2:]))
         spectra: dict[tuple[int, int], torch.Tensor] = {}
         if x.dim() != 4 or x.shape[0] == 1:
             return _filter2d_fft(x, kernel, pads, mode, dtype, spectra)
-    # Batched FFTs round differently depending on how many transforms run together (and a batch
-    # of kernels would be cropped to its widest member), so every image is filtered on its own,
-    # as if it came alone: its output never depends on the batch it came in.
-    if kernel.dim() == 2:
+        # Batched FFTs round differently depending on how many transforms run together, so
+        # every image is filtered on its own, as if it came alone: its output never depends on
+        # the batch it came in.
         return torch.cat([_filter2d_fft(x[i:i + 1], kernel, pads, mode, dtype, spectra)
                           for i in range(x.shape[0])])
-    return torch.cat([_filter2d_fft(x[i:i + 1], *_crop_to_support(kernel[i:i + 1]), mode, dtype, {})
-                      for i in range(x.shape[0])])
+    # one kernel per image, each cropped to its own support (a batch's widest would change the
+    # transform size)
+    return torch.cat([_filter2d_fft(x[i:i + 1], k, pads, mode, dtype, {})
+                      for i, (k, pads) in enumerate(_crop_to_support(kernel))])
 
 
 def _filter2d_fft(x: torch.Tensor, kernel: torch.Tensor, pads: tuple[int, int, int, int], mode: str,
                   dtype: torch.dtype, spectra: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
     """Correlate ``x`` with a kernel cropped by :func:`_crop_to_support` (``pads``: its reach);
     ``spectra`` caches the kernel's spectrum per transform size."""
-    if kernel.dim() == 3:
-        kernel = kernel.unsqueeze(1)  # (B, 1, kh, kw): one kernel for all channels of an image
     top, bottom, left, right = pads
     h, w = x.shape[-2:]
     size = (fft_size(h + top + bottom), fft_size(w + left + right))
@@ -208,28 +213,31 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return _filter1d(_filter1d(disk, g, -2, "mirror"), g, -1, "mirror")
 
 
-def motion_kernel(radius: int, sigma: float, angle_deg: float, height: int,
+def motion_kernel(radius: int, sigma: float, angles_deg: Sequence[float], height: int,
                   width: int) -> torch.Tensor:
-    """Correlation kernel equivalent to the reference's shift-and-add motion blur.
+    """Correlation kernels equivalent to the reference's shift-and-add motion blur, one per angle.
 
     The reference adds ``width = 2 * radius + 1`` copies of the image, copy ``i`` weighted by a
     one-sided Gaussian ``exp(-i^2 / 2 sigma^2)`` (normalised) and shifted by ``i`` pixels along
     ``angle`` with edge replication; it stops (without renormalising) at the first shift as large
     as the image. With a replicate-padded input this is one correlation with the returned
-    (2 * width - 1)-square kernel (float64).
+    (2 * width - 1)-square kernel: (len(angles), K, K) float64.
     """
     taps = 2 * radius + 1
     i = torch.arange(taps, dtype=torch.float64)
     weights = torch.exp(-(i**2) / (2 * sigma**2))
     weights = weights / weights.sum()
-    rad = math.radians(angle_deg)
-    dy = -torch.ceil(i * math.sin(rad) - 0.5).to(torch.int64)
-    dx = -torch.ceil(i * math.cos(rad) - 0.5).to(torch.int64)
-    inside = ((dy.abs() < height) & (dx.abs() < width)).cumprod(0).bool()
-    kernel = torch.zeros(2 * taps - 1, 2 * taps - 1, dtype=torch.float64)
+    rads = [math.radians(a) for a in angles_deg]
+    sin = torch.tensor([math.sin(r) for r in rads], dtype=torch.float64).unsqueeze(1)
+    cos = torch.tensor([math.cos(r) for r in rads], dtype=torch.float64).unsqueeze(1)
+    dy = -torch.ceil(i * sin - 0.5).to(torch.int64)  # (B, taps), as math.ceil per tap
+    dx = -torch.ceil(i * cos - 0.5).to(torch.int64)
+    inside = ((dy.abs() < height) & (dx.abs() < width)).cumprod(1).bool()
+    image = torch.arange(len(rads)).unsqueeze(1).expand_as(dy)
+    kernel = torch.zeros(len(rads), 2 * taps - 1, 2 * taps - 1, dtype=torch.float64)
     # a shift by (dy, dx) reads the source pixel at offset (-dy, -dx)
-    kernel.index_put_((taps - 1 - dy[inside], taps - 1 - dx[inside]), weights[inside],
-                      accumulate=True)
+    kernel.index_put_((image[inside], taps - 1 - dy[inside], taps - 1 - dx[inside]),
+                      weights.expand_as(dy)[inside], accumulate=True)
     return kernel
 
 
