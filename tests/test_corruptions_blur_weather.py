@@ -67,6 +67,17 @@ def test_gaussian_matches_scipy(rgb: np.ndarray, mode: str, sigma: float) -> Non
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", K.BORDER_MODES)
+def test_gaussian_banded_blocks_match_scipy(mode: str) -> None:
+    """Lines of 100 / 90 px take the blocked band product (blocks of 32 output lines)."""
+    img = np.random.default_rng(3).random((100, 90, 3))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    assert K._band_blocks(torch.eye(100)) is not None
+    for sigma in (0.7, 2.0):
+        ref = ndi.gaussian_filter(img, (sigma, sigma, 0), mode=mode, truncate=4.0)
+        np.testing.assert_allclose(hwc(K.gaussian_blur(x, sigma, mode)[0]), ref, atol=1e-12)
+
+
 def test_gaussian_sigma_zero_is_identity(rgb: np.ndarray) -> None:
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     assert torch.equal(K.gaussian_blur(x, 0), x)
