@@ -154,7 +154,9 @@ def report(results: dict[str, list[float]], source: str, seeds: int, n: int, com
         lines.append(f"| {name}{extra} | {'D' if det else 'R'} | {'MAD levels' if det else 'dB gap'} | {cells} |")
     lines += ["", "## Notes", "",
               "* Digital deterministic ops (brightness, contrast, saturate, pixelate, jpeg_compression) "
-              "mirror the NumPy/PIL code in float64 / through the same Pillow build, hence 0.",
+              "mirror the NumPy/PIL code in float64 (brightness and saturate through uint8 tables with the "
+              "same float64 operations) and Pillow's fixed-point BOX resampling; JPEG goes through "
+              "OpenCV's libjpeg-turbo, which makes Pillow's codec choices and gives the same pixels; hence 0.",
               "* defocus, zoom and Gaussian blur are float32 re-implementations of cv2/SciPy filters: "
               "sub-level differences only (a value near a level boundary can truncate to the neighbour).",
               "* Random ops: the backends draw different random numbers, so each cell is a sample mean "
