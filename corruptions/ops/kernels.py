@@ -285,9 +285,7 @@ def plasma_fractal(mapsize: int, wibbledecay: float, generators: Sequence[torch.
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
     square = _wibble_squares(mapsize, float(wibbledecay))
-    noise = torch.empty(len(generators), square.numel())
-    for row, g in zip(noise, generators):
-        torch.rand(square.numel(), generator=g, out=row)
+    noise = per_image_into(generators, (square.numel(),), "rand", torch.device("cpu"))
     noise = noise.mul_(2 * square).sub_(square).to(device)  # wibble * U(-wibble, wibble)
     # The grid of one level's corners (B, n, n) is kept contiguous; each level computes the
     # centres and the two sets of edge midpoints from it and interleaves the four into the
