@@ -195,6 +195,9 @@ def sweep_cli(**options: Any) -> None:
                    "(the paper's 10 suit long schedules; scale it down for short ones).")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
               help="Cosine schedule: linear learning-rate warm-up over this many epochs first.")
+@click.option("--generator-lr-scale", type=float, default=1.0, show_default=True,
+              help="Involution kernel generators (their input-dependent part) learn at this "
+                   "fraction of --lr; involution_resnet20 needs 0.01 to leave chance.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Train on a class-balanced subset of N images.")

@@ -110,6 +110,52 @@ def test_resume_with_another_configuration_is_refused(folder, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_generator_lr_scale_slows_only_the_input_dependent_kernel_generator():
+    model = create_model("involution_resnet20")
+    names = {id(p): n for n, p in model.named_parameters()}
+    main_group, generator_group = training.parameter_groups(model, 0.05, 0.01)
+    assert main_group["lr"] == 0.05 and generator_group["lr"] == pytest.approx(0.0005)
+    slowed = {".".join(names[id(p)].split(".")[-2:]) for p in generator_group["params"]}
+    assert slowed == {"reduce.weight", "bn.weight", "bn.bias", "span.weight"}  # not span.bias: the static filter
+    assert len(generator_group["params"]) == 18 * 4  # every involution of the 9 blocks
+    assert len(main_group["params"]) + len(generator_group["params"]) == len(list(model.parameters()))
+    # models without involution, or scale 1: one group, as before the option existed
+    assert len(training.parameter_groups(create_model("resnet20"), 0.1, 0.01)) == 1
+    assert len(training.parameter_groups(model, 0.1, 1.0)) == 1
+    with pytest.raises(UsageError, match="must be positive"):
+        training.parameter_groups(model, 0.1, 0.0)
+
+
+def test_generator_lr_scale_reaches_the_optimizer_and_schedules(folder, tmp_path):
+    args = _train_args(folder, tmp_path / "run", "--generator-lr-scale", "0.01", "--lr", "0.1")
+    args[args.index("resnet20")] = "involution_resnet20"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    _, _, extra = load_checkpoint(tmp_path / "run" / "last.pt")
+    lrs = [group["initial_lr"] for group in extra["optimizer"]["param_groups"]]
+    assert lrs == [0.1, pytest.approx(0.001)]
+    assert extra["train_config"]["generator_lr_scale"] == 0.01
+    for schedule in ("cosine", "onecycle"):  # both schedules keep the ratio at every step
+        optimizer = torch.optim.SGD(training.parameter_groups(create_model("involution_resnet20"), 0.1, 0.01), lr=0.1)
+        config = TrainConfig(model="involution_resnet20", epochs=2, schedule=schedule)
+        scheduler = training._schedule(optimizer, config, steps_per_epoch=5)
+        for _ in range(7):
+            optimizer.step()
+            scheduler.step()
+            main_lr, generator_lr = (group["lr"] for group in optimizer.param_groups)
+            assert generator_lr == pytest.approx(0.01 * main_lr)
+
+
+def test_runs_checkpointed_before_generator_lr_scale_existed_still_resume(folder, tmp_path, monkeypatch):
+    assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run", "--epochs", "1")).exit_code == 0
+    last = tmp_path / "run" / "last.pt"
+    state, meta, extra = load_checkpoint(last)
+    del extra["train_config"]["generator_lr_scale"]
+    training.save_checkpoint(last, state, meta, extra=extra)
+    result = CliRunner().invoke(main, _train_args(folder, tmp_path / "run", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+
+
 def test_bundled_weights_are_hash_checked_and_loadable(folder, tmp_path, monkeypatch):
     assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run")).exit_code == 0
     monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path / "pretrained")

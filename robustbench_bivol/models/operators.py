@@ -220,6 +220,13 @@ class Involution2d(nn.Module):
         """
         nn.init.zeros_(self.span.weight)
 
+    def kernel_variation_parameters(self) -> list[nn.Parameter]:
+        """The generator's parameters that make kernels vary with the input: everything but the
+        span bias (the position-independent part, a plain static filter). A trainer may give them
+        a smaller learning rate (``train --generator-lr-scale``)."""
+        return [p for name, p in self.named_parameters()
+                if name != "span.bias" and not name.startswith("proj.")]
+
     def generate_kernels(self, x: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Per-position kernels, (B, G, K*K, Ho, Wo); with ``rows=(r0, r1)`` only output rows r0..r1-1."""
         return self._kernels(x, self._channel_term(x), rows)
