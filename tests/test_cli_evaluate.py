@@ -75,8 +75,7 @@ def test_evaluate_tiny_subset_recounts(tmp_path, checkpoint):
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), tidy)
 
 
-#: involution_resnet20 has no built-in weights: it stays at chance on the shapes (see README, Weights).
-BUNDLED = ["resnet20", "bivol_resnet20", "condconv_resnet20", "dyconv_resnet20"]
+BUNDLED = ["resnet20", "bivol_resnet20", "condconv_resnet20", "dyconv_resnet20", "involution_resnet20"]
 
 
 def test_evaluate_default_compares_all_bundled_models(tmp_path):
