@@ -41,7 +41,9 @@ def jpeg_round_trip(images: torch.Tensor, quality: int = RELEASE_QUALITY) -> tor
     out = torch.empty_like(cpu)
     for image, decoded in zip(cpu, out):  # per image: the layout copies stay in cache
         bgr = torch.stack([image[2], image[1], image[0]], dim=-1).numpy()  # OpenCV encodes BGR
-        restored = torch.from_numpy(cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR))
-        decoded.copy_(restored.permute(2, 0, 1).flip(0))  # BGR -> RGB (IMREAD_COLOR_RGB: recent OpenCV only)
+        restored = cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR)
+        # BGR -> RGB in OpenCV (IMREAD_COLOR_RGB exists in recent OpenCV only; a torch flip of
+        # the permuted view costs ~0.1 ms per 224 px image)
+        decoded.copy_(torch.from_numpy(cv2.cvtColor(restored, cv2.COLOR_BGR2RGB)).permute(2, 0, 1))
     result = out.to(images.device)
     return result[0] if single else result
