@@ -96,3 +96,20 @@ def test_unknown_model_is_one_line_error(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().startswith("error: unknown model 'resnet21'. Did you mean 'resnet20'?")
     assert "Traceback" not in result.output
+
+
+def test_cuda_evaluation_runs_in_full_float32(monkeypatch):
+    """TF32 moved borderline predictions on a GPU (4 of 380 cells off by one image on an H200):
+    choosing a CUDA device switches it off, so GPU and CPU runs report the same figures."""
+    from robustbench_bivol.evaluation.run import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:  # the cuBLAS flag is a property of a module proxy: monkeypatch cannot restore it
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert pick_device("cpu") == "cpu"
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert pick_device("cuda:1") == "cuda:1"
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
