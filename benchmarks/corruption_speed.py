@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              "loaded machine extra OpenMP threads mostly wait; 0 keeps torch's default)")
     parser.add_argument("--out", default=str(RESULTS), help="Markdown file ('' to skip)")
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         header = ["# Corruption throughput: reference (imagecorruptions) vs torch backend", "",
                   f"Generated {dt.datetime.now().isoformat(timespec='seconds')} by "
-                  f"`python benchmarks/corruption_speed.py{' --quick' if args.quick else ''}`.", "",
+                  f"`python benchmarks/corruption_speed.py{''.join(' ' + a for a in given)}`.", "",
                   f"Machine: {describe()}.", "",
                   "Reference and torch are timed interleaved per corruption and severity, after a "
                   "warm-up at every timed severity (numba compile of glass_blur and one-off per-severity "
