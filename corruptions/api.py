@@ -110,7 +110,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
         # into chunks (CPU only, see _CPU_CHUNK_ELEMENTS) cannot change any image's output.
         parts = []
         with torch.no_grad():
-            for lo, hi in _chunks(n, batch[0].numel(), batch.device):
+            spans = [(0, n)] if impl.per_image else _chunks(n, batch[0].numel(), batch.device)
+            for lo, hi in spans:
                 generators = [torch_generator(seed, i, name, severity) for i in indices[lo:hi]]
                 if impl.fn_uint8 is not None:
                     parts.append(impl.fn_uint8(batch[lo:hi], c, generators))

@@ -36,6 +36,9 @@ class TorchCorruption:
     #: optional uint8 -> uint8 implementation with the same output as ``to_uint8(fn(u / 255))``,
     #: used by :func:`corruptions.corrupt` for the 8-bit ops (pixelate, JPEG).
     fn_uint8: Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor] | None = None
+    #: the op works image by image itself (JPEG): the api hands it the whole batch, since
+    #: cache-sized chunks gain it nothing and joining them costs a copy of the batch.
+    per_image: bool = False
 
     def param(self, profile: str, severity: int) -> Any:
         return self.params[profile][severity - 1]
@@ -44,10 +47,10 @@ class TorchCorruption:
 IMPLEMENTATIONS: dict[str, TorchCorruption] = {}
 
 
-def register(name: str, params: dict[str, Sequence[Any]],
-             fn_uint8: CorruptionFn | None = None) -> Callable[[CorruptionFn], CorruptionFn]:
+def register(name: str, params: dict[str, Sequence[Any]], fn_uint8: CorruptionFn | None = None,
+             per_image: bool = False) -> Callable[[CorruptionFn], CorruptionFn]:
     """Register ``fn`` as the torch implementation of ``name`` with its profile tables (and an
-    optional uint8 -> uint8 fast path, see :attr:`TorchCorruption.fn_uint8`)."""
+    optional uint8 -> uint8 fast path, see :attr:`TorchCorruption.fn_uint8` and ``per_image``)."""
     validate(name)
     missing = set(PROFILE_SIZES) - set(params)
     if missing or any(len(v) != 5 for v in params.values()):
@@ -55,7 +58,7 @@ def register(name: str, params: dict[str, Sequence[Any]],
 
     def decorator(fn: CorruptionFn) -> CorruptionFn:
         IMPLEMENTATIONS[name] = TorchCorruption(name, fn, {k: tuple(v) for k, v in params.items()},
-                                                fn_uint8)
+                                                fn_uint8, per_image)
         return fn
 
     return decorator

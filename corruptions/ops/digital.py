@@ -336,7 +336,7 @@ def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) 
     return jpeg_round_trip(u, quality=c)
 
 
-@register("jpeg_compression", fn_uint8=_jpeg_uint8, params={
+@register("jpeg_compression", fn_uint8=_jpeg_uint8, per_image=True, params={
     "imagenet": [25, 18, 15, 10, 7],
     "tinyimagenet": [65, 58, 50, 40, 25],
     "cifar": [80, 65, 58, 50, 40],
