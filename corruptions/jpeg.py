@@ -11,8 +11,9 @@ One helper serves both uses:
 Pillow is the generators' codec. OpenCV's codec makes the same choices as Pillow's defaults (IJG
 quality-scaled tables, 4:2:0 chroma subsampling, integer DCT, "fancy" chroma upsampling on
 decode), so both libjpeg-turbo builds give the same pixels (verified bit-exact at every quality
-of every profile and at 85, tests/test_corruptions_api.py), at 2x (224 px) to 5x (32 px) less
-time per image: no PIL image objects, no Python-level file parsing.
+of every profile and at 85, tests/test_corruptions_api.py), in 0.28 ms per 224 px image on one
+CPU thread against Pillow's 0.54 ms: no PIL image objects, no Python-level file parsing. The
+codec alone takes 0.25 ms (encode 0.08, decode 0.15-0.19), so about 2.1x is the ceiling.
 """
 from __future__ import annotations
 
