@@ -170,7 +170,7 @@ def operator_table(device: torch.device, quick: bool, warmup: int, repeats: int)
             for _, m, _ in ops:
                 for inv in m.modules():
                     if isinstance(inv, Involution2d):
-                        inv.chunk_min_bytes = 0
+                        inv.chunk_min_bytes = inv.chunk_min_bytes_gpu = 0
         x = torch.randn(batch, c, s, s, device=device)
         rows: dict[str, dict] = {}
         for name, m, ref in ops:

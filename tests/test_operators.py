@@ -177,6 +177,25 @@ def test_involution_chunks_only_large_kernel_maps(monkeypatch):
     assert len(calls) == 1
 
 
+def test_involution_off_the_cpu_keeps_whole_kernel_maps_only_without_grad(monkeypatch):
+    """On a GPU chunks are launch-bound (H200: 7-13 ms vs 1.1-2.2 ms whole), so inference keeps
+    maps under ``chunk_min_bytes_gpu`` whole; under grad, and on the CPU, they are chunked. The
+    meta device stands in for a GPU: any device but the CPU follows the GPU rule."""
+    calls = []
+    original = Involution2d._forward_chunked
+    monkeypatch.setattr(Involution2d, "_forward_chunked", lambda self, *a: calls.append(a) or original(self, *a))
+    shape = (32, 64, 56, 56)  # kernel map: 32 x 4 groups x 49 taps x 56 x 56 x 4 bytes = 79 MB
+    for device, grad, chunked in (("meta", False, False), ("meta", True, True), ("cpu", False, True)):
+        m = Involution2d(64, kernel_size=7).eval().to(device)
+        calls.clear()
+        x = torch.zeros(shape, device=device) if device == "meta" else torch.zeros(1, 64, 56, 56)
+        if device == "cpu":
+            m.chunk_min_bytes = 0  # a small CPU input, chunked like the large one would be
+        with torch.set_grad_enabled(grad):
+            assert m(x.requires_grad_(grad)).shape == x.shape
+        assert bool(calls) == chunked, (device, grad)
+
+
 def test_involution_training_mode_is_unchunked():
     m = Involution2d(32, kernel_size=7)
     _randomise_generator(m)
