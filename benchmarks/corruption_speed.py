@@ -16,8 +16,8 @@ the two backends are warmed up at every timed severity (this excludes glass_blur
 and one-off caches such as the per-severity shot-noise tables, built once per run), then
 timed interleaved (reference, torch, reference, torch, ...) so background load on a shared
 machine hits both alike: --repeats rounds (3) per severity, each backend keeping its fastest
-round, as timeit does, since load only ever adds time. img/s = images processed / time spent. The suite ratio is, over the 15
-benchmark corruptions, (total reference time per image) / (total torch time per image), i.e. the
+round, as timeit does, since load only ever adds time. img/s = images processed / time spent.
+The suite ratio is, over the 15 benchmark corruptions, (total reference time per image) / (total torch time per image), i.e. the
 speed-up of corrupting one image under all 15 corruptions. torch runs on one CPU thread by default
 (--threads), matching the single-threaded reference. Targets: suite >= 5x, every row >= 2x.
 

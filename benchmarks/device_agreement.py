@@ -23,17 +23,13 @@ from pathlib import Path
 
 import torch
 from corruption_speed import natural_images
+from fidelity import psnr
 from machine import describe
 
 import corruptions as C
+from corruptions.profiles import PROFILE_SIZES
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS-device.md"
-PROFILES = {"imagenet": 224, "tinyimagenet": 64, "cifar": 32}
-
-
-def psnr(clean: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    mse = ((clean.double() - out.double()) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
 
 
 def compare(profile: str, size: int, name: str, images: int, severities: list[int],
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = 2 if args.quick else args.images
     severities = [3] if args.quick else [1, 2, 3, 4, 5]
-    profiles = {"cifar": 32} if args.quick else PROFILES
+    profiles = {"cifar": 32} if args.quick else PROFILE_SIZES
     rows, errors = [], []
     for profile, size in profiles.items():
         for name in C.ALL:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .registry import UnknownCorruptionError
 
-#: profile -> image side its generator was written for (same table as ops.base.PROFILE_SIZES).
+#: profile -> image side its generator was written for.
 PROFILE_SIZES: dict[str, int] = {"cifar": 32, "tinyimagenet": 64, "imagenet": 224}
 PROFILES: tuple[str, ...] = tuple(PROFILE_SIZES)
 

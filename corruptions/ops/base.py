@@ -18,12 +18,10 @@ from typing import Any
 
 import torch
 
+from ..profiles import PROFILE_SIZES
 from ..registry import validate
 
 CorruptionFn = Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor]
-
-#: profile name -> the generator script whose tables it copies, and the image side it was made for.
-PROFILE_SIZES: dict[str, int] = {"imagenet": 224, "tinyimagenet": 64, "cifar": 32}
 
 
 @dataclass(frozen=True)
