@@ -105,6 +105,32 @@ def test_bivol_resnet50_adds_sakg_and_depthwise_static():
     assert sum(isinstance(m, Bivolution2d) for m in bi.modules()) == len(channels) == 17
 
 
+#: The CIFAR-10 study's models: every one within 15% of resnet20's multiply-adds.
+STUDY = ["condconv_resnet20", "dyconv_resnet20", "involution_wide_resnet20", "bivol_resnet20",
+         "bivol_nosakg_resnet20", "bivol_nostatic_wide_resnet20"]
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_study_models_are_capacity_matched_to_resnet20(name):
+    macs = count_gflops(create_model(name), 32) / count_gflops(create_model("resnet20"), 32)
+    assert 0.85 <= macs <= 1.15, f"{name}: {macs:.3f}x resnet20's multiply-adds"
+
+
+def test_bivolution_ablations_differ_from_their_pair_only_by_the_ablated_part():
+    wide, sakg = create_model("involution_wide_resnet20"), create_model("bivol_nostatic_wide_resnet20")
+    involutions = [m for m in wide.modules() if isinstance(m, Involution2d)]
+    assert {m.channels // m.groups for m in involutions} == {4}
+    assert [m.channels for m in involutions] == [m.channels for m in sakg.modules() if isinstance(m, Involution2d)]
+    extra = sum(9 * m.channels + m.channels * (m.channels // 4) + m.channels // 4 for m in involutions)
+    assert count_params(sakg) - count_params(wide) == extra  # SAKG: depth-wise 3x3 + FC(GAP), nothing else
+    full, nosakg = create_model("bivol_resnet20"), create_model("bivol_nosakg_resnet20")
+    blocks = [m for m in nosakg.modules() if isinstance(m, Bivolution2d)]
+    assert len(blocks) == 18 and all(b.static is not None and b.dynamic.spatial is None
+                                     and b.dynamic.channel is None for b in blocks)
+    assert set(full.state_dict()) - set(nosakg.state_dict()) == {
+        k for k in full.state_dict() if ".dynamic.spatial." in k or ".dynamic.channel." in k}
+
+
 def test_models_table_rows():
     rows = models_table(["resnet20", "bivol_resnet20"])
     assert [r["name"] for r in rows] == ["resnet20", "bivol_resnet20"]
@@ -125,7 +151,8 @@ def test_models_command_lists_models():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("| name | operator | input_size | params_m | bundled_weights |")
-    assert {line.split("|")[1].strip() for line in lines[2:]} == {"bivol_resnet20", "bivol_resnet56", "bivol_resnet50"}
+    assert {line.split("|")[1].strip() for line in lines[2:]} == {"bivol_resnet20", "bivol_resnet56", "bivol_resnet50",
+                                                                  "bivol_nosakg_resnet20", "bivol_nostatic_wide_resnet20"}
 
 
 # --- a stand-in for the official mmcls RedNet, with its module names, to test the converter ------

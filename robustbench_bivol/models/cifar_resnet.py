@@ -8,6 +8,7 @@ replace only the blocks' spatial convolution.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -107,24 +108,36 @@ def dyconv_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.M
     return DynamicConv2d(in_channels, out_channels, stride)
 
 
-def involution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+def involution_conv3x3(in_channels: int, out_channels: int, stride: int = 1, group_channels: int = 16,
+                       sakg: bool = False) -> nn.Module:
     """Involution followed by a 1x1 conv.
 
-    Involution mixes no channels (its kernel is shared by the C/16 channels of a group), so two
+    Involution mixes no channels (its kernel is shared by the channels of a group), so two
     of them in a basic block would leave the network almost no channel mixing: at 16 channels
     there is one group and the block has no learnable filters across channels. RedNet surrounds
     involution with 1x1 convs in its bottleneck; the pointwise conv here plays that role.
+    ``sakg=True`` generates the kernels with Bi-volution's SAKG (spatial and channel context):
+    this is Bi-volution's dynamic branch alone, the paper's "without static branch" ablation.
     """
     from .operators import Involution2d
-    return nn.Sequential(Involution2d(in_channels, in_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL),
+    return nn.Sequential(Involution2d(in_channels, in_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL,
+                                      group_channels=group_channels, spatial_context=sakg, channel_context=sakg),
                          nn.Conv2d(in_channels, out_channels, 1, bias=False))
 
 
-def bivolution_conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
-    """Full 3x3 static conv + SAKG involution branch (see :class:`.operators.Bivolution2d`)."""
+def bivolution_conv3x3(in_channels: int, out_channels: int, stride: int = 1, sakg: bool = True) -> nn.Module:
+    """Full 3x3 static conv + involution branch (see :class:`.operators.Bivolution2d`); ``sakg=False``
+    generates the dynamic kernels with involution's 1x1 generator (the "without SAKG" ablation)."""
     from .operators import Bivolution2d
-    return Bivolution2d(in_channels, out_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL)
+    return Bivolution2d(in_channels, out_channels, stride, kernel_size=CIFAR_INVOLUTION_KERNEL, sakg=sakg)
 
+
+#: Capacity-matched involution ResNet-20s: twice resnet20's widths and 4-channel groups (G = C/4)
+#: bring the multiply-adds to 0.90x resnet20's (0.98x with SAKG) and the parameters to 0.85x (0.99x),
+#: where the 16-channel groups at resnet20's widths give 0.20x. Width alone cannot do it: with
+#: 16-channel groups, widths x2 give 0.72x and x3 1.56x. (Bi-volution needs no such change: its
+#: static branch already is resnet20's conv, and its involution branch adds 12% multiply-adds.)
+WIDE_WIDTHS, WIDE_GROUP_CHANNELS = (32, 64, 128), 4
 
 @register_model(input_size=32, operator="condconv", num_classes=10)
 def condconv_resnet20(num_classes: int = 10) -> CifarResNet:
@@ -156,6 +169,13 @@ def involution_resnet56(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(56, num_classes, conv3x3=involution_conv3x3)
 
 
+@register_model(input_size=32, operator="involution", num_classes=10)
+def involution_wide_resnet20(num_classes: int = 10) -> CifarResNet:
+    """Involution ResNet-20 at resnet20's multiply-adds (see :data:`WIDE_WIDTHS`)."""
+    return CifarResNet(20, num_classes, widths=WIDE_WIDTHS,
+                       conv3x3=partial(involution_conv3x3, group_channels=WIDE_GROUP_CHANNELS))
+
+
 @register_model(input_size=32, operator="bivolution", num_classes=10)
 def bivol_resnet20(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(20, num_classes, conv3x3=bivolution_conv3x3)
@@ -164,3 +184,20 @@ def bivol_resnet20(num_classes: int = 10) -> CifarResNet:
 @register_model(input_size=32, operator="bivolution", num_classes=10)
 def bivol_resnet56(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(56, num_classes, conv3x3=bivolution_conv3x3)
+
+
+# --- Bi-volution ablations (the paper's section on its two branches and SAKG) ----------------
+# The static branch alone is resnet20 itself: a full 3x3 conv followed by the block's BN.
+
+@register_model(input_size=32, operator="bivolution", num_classes=10)
+def bivol_nosakg_resnet20(num_classes: int = 10) -> CifarResNet:
+    """Bi-volution without SAKG: static branch + involution's own 1x1 kernel generator."""
+    return CifarResNet(20, num_classes, conv3x3=partial(bivolution_conv3x3, sakg=False))
+
+
+@register_model(input_size=32, operator="bivolution", num_classes=10)
+def bivol_nostatic_wide_resnet20(num_classes: int = 10) -> CifarResNet:
+    """Bi-volution without its static branch: the SAKG involution alone, capacity-matched like
+    :func:`involution_wide_resnet20` (from which it differs only by SAKG)."""
+    return CifarResNet(20, num_classes, widths=WIDE_WIDTHS,
+                       conv3x3=partial(involution_conv3x3, group_channels=WIDE_GROUP_CHANNELS, sakg=True))
