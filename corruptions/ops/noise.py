@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..api import to_uint8
+from ..levels import to_uint8
 from .base import register
 from .kernels import eight_bit_levels, per_image_into
 
