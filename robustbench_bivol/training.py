@@ -56,6 +56,17 @@ class TrainConfig:
 
 #: Options added after runs were checkpointed: their value in a checkpoint that predates them.
 _PRE_OPTION_DEFAULTS = {"generator_lr_scale": 1.0}
+#: Options that say where a run lives or runs, not what it trains: a run may resume on another
+#: machine (data extracted elsewhere, another device or worker count, the folder moved).
+_LOCATION_OPTIONS = ("out", "device", "workers")
+
+
+def _recipe(config: dict) -> dict:
+    """What must match for a checkpoint to resume: the configuration without location options,
+    the dataset named by its folder's name (``builtin`` stays ``builtin``)."""
+    recipe = {k: v for k, v in {**_PRE_OPTION_DEFAULTS, **config}.items() if k not in _LOCATION_OPTIONS}
+    recipe["dataset"] = Path(recipe["dataset"]).name
+    return recipe
 
 
 def dyconv_temperature(epoch: float, anneal_epochs: int) -> float:
@@ -158,8 +169,11 @@ def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> P
     last = out / "last.pt"
     if last.exists():
         state, _, extra = load_checkpoint(last)
-        if {**_PRE_OPTION_DEFAULTS, **extra.get("train_config", {})} != asdict(config):
-            raise UsageError(f"{out} holds a training run with another configuration; use another --out")
+        saved, wanted = _recipe(extra.get("train_config", {})), _recipe(asdict(config))
+        if saved != wanted:
+            differing = ", ".join(k for k in wanted if saved.get(k) != wanted[k])
+            raise UsageError(f"{out} holds a training run with another configuration (differs in: {differing}); "
+                             "use another --out")
         model.load_state_dict(state)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])

@@ -106,8 +106,26 @@ def test_resume_with_another_configuration_is_refused(folder, tmp_path):
     assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run")).exit_code == 0
     result = CliRunner().invoke(main, _train_args(folder, tmp_path / "run", "--lr", "0.01"))
     assert result.exit_code != 0
-    assert result.output.strip().startswith("error:") and "another configuration" in result.output
+    assert result.output.strip().startswith("error:") and "another configuration (differs in: lr)" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_moved_to_another_machine_resumes(folder, tmp_path, monkeypatch):
+    """Data extracted elsewhere and the run folder moved (a checkpoint committed, then cloned):
+    the configuration still matches, nothing is retrained, and the final weights are the same."""
+    import shutil
+
+    assert CliRunner().invoke(main, _train_args(folder, tmp_path / "here")).exit_code == 0
+    elsewhere = tmp_path / "other-machine" / folder.name
+    shutil.copytree(folder, elsewhere)
+    shutil.copytree(tmp_path / "here", tmp_path / "moved")
+    (tmp_path / "moved" / "final.pt").unlink()
+    monkeypatch.setattr(training, "accuracy", lambda *a, **k: pytest.fail("an epoch was retrained"))
+    result = CliRunner().invoke(main, [*_train_args(elsewhere, tmp_path / "moved"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    a, _, _ = load_checkpoint(tmp_path / "here" / "final.pt")
+    b, _, _ = load_checkpoint(tmp_path / "moved" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_generator_lr_scale_slows_only_the_input_dependent_kernel_generator():
