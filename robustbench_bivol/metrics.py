@@ -114,7 +114,7 @@ def corruption_errors(tidy: pd.DataFrame, model: str) -> dict[str, float]:
     return out
 
 
-def _severities(cells: Iterable[tuple[str, int]], corruption: str) -> list[int]:
+def severities_of(cells: Iterable[tuple[str, int]], corruption: str) -> list[int]:
     return sorted(s for c, s in cells if c == corruption)
 
 
@@ -139,13 +139,13 @@ def group_means(tidy: pd.DataFrame, model: str) -> dict[str, float]:
     return out
 
 
-def _unnormalised_weights(cells: Iterable[tuple[str, int]], names: Iterable[str]) -> dict[tuple[str, int], float]:
+def unnormalised_weights(cells: Iterable[tuple[str, int]], names: Iterable[str]) -> dict[tuple[str, int], float]:
     """Weight of each cell in a mean of per-corruption means over ``names`` (those present)."""
     cells = list(cells)
-    present = [c for c in names if _severities(cells, c)]
+    present = [c for c in names if severities_of(cells, c)]
     weights: dict[tuple[str, int], float] = {}
     for c in present:
-        sev = _severities(cells, c)
+        sev = severities_of(cells, c)
         for s in sev:
             weights[(c, s)] = 1.0 / (len(present) * len(sev))
     return weights
@@ -216,8 +216,8 @@ def _alexnet_weights(relative: bool) -> dict[tuple[str, int], float]:
 
 def _baseline_cells(tidy: pd.DataFrame, model: str, baseline: str) -> tuple[dict, dict, list[str]]:
     mine, base = cell_errors(tidy, model), cell_errors(tidy, baseline)
-    names = [c for c in BENCHMARK if _severities(mine, c)]
-    missing = [(c, s) for c in names for s in _severities(mine, c) if (c, s) not in base]
+    names = [c for c in BENCHMARK if severities_of(mine, c)]
+    missing = [(c, s) for c in names for s in severities_of(mine, c) if (c, s) not in base]
     if missing:
         raise IncompleteResultsError(_missing_message(model, missing, f"{label_mce_baseline(baseline)} (baseline cells)"))
     return mine, base, names
@@ -230,7 +230,7 @@ def baseline_ce(tidy: pd.DataFrame, model: str, baseline: str) -> dict[str, floa
     mine, base, names = _baseline_cells(tidy, model, baseline)
     out: dict[str, float] = {}
     for c in names:
-        sev = _severities(mine, c)
+        sev = severities_of(mine, c)
         denominator = sum(base[(c, s)] for s in sev)
         out[c] = sum(mine[(c, s)] for s in sev) / denominator if denominator > 0 else math.nan
     return out
@@ -282,7 +282,7 @@ def _linear_ci(per_sample: PerSample, model: str, estimate: float,
 
 def mean_corruption_error_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str) -> tuple[float, float]:
     cells = cell_errors(tidy, model)
-    return _linear_ci(per_sample, model, mean_corruption_error(tidy, model), _unnormalised_weights(cells, BENCHMARK))
+    return _linear_ci(per_sample, model, mean_corruption_error(tidy, model), unnormalised_weights(cells, BENCHMARK))
 
 
 def group_mean_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, group: str) -> tuple[float, float]:
@@ -290,7 +290,7 @@ def group_mean_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, group: 
     cells = cell_errors(tidy, model)
     names = EXTRA if group == "extra" else GROUPS[group]
     estimate = group_means(tidy, model).get(group, math.nan)
-    return _linear_ci(per_sample, model, estimate, _unnormalised_weights(cells, names))
+    return _linear_ci(per_sample, model, estimate, unnormalised_weights(cells, names))
 
 
 def alexnet_mce_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, *,
@@ -307,7 +307,7 @@ def baseline_mce_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, basel
     estimate, _ = baseline_mce(tidy, model, baseline)
     parts = []
     for c in names:
-        sev = _severities(mine, c)
+        sev = severities_of(mine, c)
         denominator = sum(base[(c, s)] for s in sev) * len(names)
         for s in sev:
             a, b = _wrong(per_sample, model, (c, s)), _wrong(per_sample, baseline, (c, s))
@@ -315,57 +315,3 @@ def baseline_mce_ci(tidy: pd.DataFrame, per_sample: PerSample, model: str, basel
                 return math.nan, math.nan
             parts.append((a - ce[c] * b) / denominator)
     return _normal_ci(estimate, parts)
-
-
-# ----------------------------------------------------------------------------- McNemar
-
-def mcnemar(model_correct: np.ndarray, baseline_correct: np.ndarray) -> dict[str, float | int | str]:
-    """Paired test of equal error rates: exact two-sided binomial on the discordant pairs when
-    there are fewer than 25 of them, else chi-square with continuity correction."""
-    a = np.asarray(model_correct, dtype=bool)
-    b = np.asarray(baseline_correct, dtype=bool)
-    only_model = int(np.sum(a & ~b))
-    only_baseline = int(np.sum(~a & b))
-    discordant = only_model + only_baseline
-    if discordant == 0:
-        statistic, p, method = 0.0, 1.0, "none (no discordant pairs)"
-    elif discordant < 25:
-        statistic = float(min(only_model, only_baseline))
-        p = float(stats.binomtest(only_model, discordant, 0.5).pvalue)
-        method = "exact binomial"
-    else:
-        statistic = (abs(only_model - only_baseline) - 1) ** 2 / discordant
-        p = float(stats.chi2.sf(statistic, 1))
-        method = "chi-square, continuity-corrected"
-    return {"model_only_correct": only_model, "baseline_only_correct": only_baseline,
-            "statistic": float(statistic), "p_value": min(p, 1.0), "method": method}
-
-
-def mcnemar_vs_baseline(tidy: pd.DataFrame, per_sample: PerSample, model: str,
-                        baseline: str) -> dict[str, dict]:
-    """McNemar of ``model`` vs ``baseline`` per corruption (pooled over the severities both have),
-    'overall' (pooled over every benchmark cell both have) and 'group noise' etc. (pooled over a
-    group's cells); cells without paired per-sample data are skipped."""
-    shared = sorted(set(cell_errors(tidy, model)) & set(cell_errors(tidy, baseline)))
-    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for c, s in shared:
-        mine, base = per_sample.get((model, c, s)), per_sample.get((baseline, c, s))
-        if c == CLEAN or mine is None or base is None or len(mine) != len(base):
-            continue
-        pooled.setdefault(c, ([], []))
-        pooled[c][0].append(mine)
-        pooled[c][1].append(base)
-    out = {c: mcnemar(np.concatenate(pooled[c][0]), np.concatenate(pooled[c][1]))
-           for c in BENCHMARK + EXTRA if c in pooled}
-    def pool(names: Iterable[str]) -> dict | None:
-        present = [c for c in names if c in pooled]
-        if not present:
-            return None
-        return mcnemar(np.concatenate([x for c in present for x in pooled[c][0]]),
-                       np.concatenate([x for c in present for x in pooled[c][1]]))
-
-    for key, names in {"overall": BENCHMARK, **{f"group {g}": n for g, n in GROUPS.items()}}.items():
-        result = pool(names)
-        if result is not None:
-            out[key] = result
-    return out

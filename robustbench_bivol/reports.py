@@ -17,6 +17,7 @@ import pandas as pd
 
 from corruptions.registry import BENCHMARK, EXTRA, GROUPS
 
+from . import clustered as C
 from . import metrics as M
 from .errors import UsageError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -157,13 +158,25 @@ def _model_summary(tidy: pd.DataFrame, per_sample: M.PerSample, model: str, base
         except M.IncompleteResultsError as exc:
             entry[label] = None
             notes.append(str(exc))
-        if model != baseline:
-            entry[f"McNemar vs {baseline}"] = M.mcnemar_vs_baseline(tidy, per_sample, model, baseline)
     return entry
 
 
+def clustered_key(baseline: str) -> str:
+    """The summary.json key of a model's image-clustered comparison with the baseline."""
+    return f"vs {baseline}, clustered by image"
+
+
+def _clustered_entry(results: dict[str, dict], baseline: str) -> dict[str, dict]:
+    """Differences in percentage points (mCE: points of mCE), their interval and sign-flip p."""
+    return {C.headline_label(key, baseline): {"difference (pp)": _pct(r["difference"]),
+                                              "95% CI (image bootstrap)": _pct_pair(r["ci"]),
+                                              "p (image sign-flip)": r["p"]}
+            for key, r in results.items()}
+
+
 def build_summary(tidy: pd.DataFrame, per_sample: M.PerSample, baseline: str | None,
-                  alexnet_normalisation: bool, command: str) -> dict[str, Any]:
+                  alexnet_normalisation: bool, command: str, *, replicates: int = C.BOOTSTRAP_REPLICATES,
+                  flips: int = C.SIGN_FLIPS, seed: int = C.SEED) -> dict[str, Any]:
     models = M.models_of(tidy)
     if baseline is not None and baseline not in models:
         raise UsageError(f"baseline '{baseline}' has no results; models: {', '.join(models) or 'none'}")
@@ -177,6 +190,11 @@ def build_summary(tidy: pd.DataFrame, per_sample: M.PerSample, baseline: str | N
                       "per-image linearised statistic (delta method), paired across cells and models"),
         "models": {m: _model_summary(tidy, per_sample, m, baseline, alexnet_normalisation, notes) for m in models},
     }
+    if baseline is not None:
+        summary["clustered_method"] = C.method_note(replicates, flips, seed)
+        for model, results in C.versus_baseline(tidy, per_sample, baseline, replicates=replicates,
+                                                flips=flips, seed=seed).items():
+            summary["models"][model][clustered_key(baseline)] = _clustered_entry(results, baseline)
     summary["notes"] = notes
     return summary
 
@@ -214,17 +232,15 @@ def _with_ci(value: float | None, ci: list[float | None] | None) -> str:
     return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _p_value(test: dict | None) -> str:
-    if not test:
-        return "-"
-    return "<1e-300" if test["p_value"] == 0 else f"{test['p_value']:.2g}"  # 0.0 is float underflow
+def _p_value(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2g}"
 
 
 def study_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """One row per model with what a robustness comparison reports: size and cost, clean accuracy,
-    unnormalised mean corruption error, baseline-normalised mCE and the noise group's mean error,
-    each with its 95% interval, and McNemar p-values against the baseline (all benchmark cells
-    pooled, and the noise cells pooled)."""
+    """One row per model with what a robustness comparison reports: seeds, size and cost, clean
+    accuracy, unnormalised mean corruption error, baseline-normalised mCE and the noise group's
+    mean error, each with its 95% interval, and the differences from the baseline in mean
+    corruption error and noise error with their image-clustered interval and p-value."""
     from .models import list_models
     from .models.profile import models_table
 
@@ -236,9 +252,9 @@ def study_table(summary: dict[str, Any]) -> pd.DataFrame:
         profile = models_table([name])[0] if name in known else {}  # params and FLOPs at its input size
         clean = entry.get(M.LABEL_CLEAN)
         clean_ci = entry.get(f"{M.LABEL_CLEAN} 95% CI (Wilson)")
-        tests = entry.get(f"McNemar vs {baseline}", {}) if baseline else {}
         row = {
             "model": name,
+            "seeds": 1,  # a run holds one set of weights per model; see `compare --seeds` for several
             "params (M)": f"{profile['params_m']:.3f}" if profile else "-",
             "GFLOPs": f"{profile['gflops']:.3f}" if profile else "-",
             "clean accuracy (%)": _with_ci(None if clean is None else 100 - clean,
@@ -250,8 +266,12 @@ def study_table(summary: dict[str, Any]) -> pd.DataFrame:
         row["noise error (%)"] = _with_ci(entry.get("group means (unnormalised, %)", {}).get("noise"),
                                           entry.get("group means (unnormalised, %) 95% CI", {}).get("noise"))
         if baseline:
-            row[f"McNemar p vs {baseline} (all)"] = "-" if name == baseline else _p_value(tests.get("overall"))
-            row[f"McNemar p vs {baseline} (noise)"] = "-" if name == baseline else _p_value(tests.get("group noise"))
+            tests = entry.get(clustered_key(baseline), {})
+            for label, short in ((M.LABEL_MEAN_ERROR, "mean corruption error"), (M.label_group("noise"), "noise error")):
+                result = tests.get(label, {})
+                row[f"Δ {short} vs {baseline} (pp) [95% CI, image bootstrap]"] = _with_ci(
+                    result.get("difference (pp)"), result.get("95% CI (image bootstrap)"))
+                row[f"p (image-clustered, {short})"] = _p_value(result.get("p (image sign-flip)"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 
@@ -357,7 +377,8 @@ def write_reports(run_dir: Path, tidy: pd.DataFrame, *, per_sample: dict, baseli
     if models:
         _write_table(run_dir, "study", study_table(summary),
                      "Study table: values in %, 95% intervals in brackets (clean: Wilson; means and mCE: "
-                     "paired delta method); McNemar p-values against the baseline on pooled cells")
+                     "paired delta method); differences from the baseline in percentage points with a paired "
+                     "bootstrap over images, p-values from a sign-flip test on whole images")
     if models:
         plots = run_dir / "plots"
         _plot_severity(tidy, models, plots)

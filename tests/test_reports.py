@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from corruptions.registry import BENCHMARK, SEVERITIES
+from robustbench_bivol import clustered as C
 from robustbench_bivol import metrics as M
 from robustbench_bivol.errors import UsageError
-from robustbench_bivol.reports import format_summary, write_reports
+from robustbench_bivol.reports import clustered_key, format_summary, write_reports
 
 
 def _run(models, cells, n=60, seed=0):
@@ -74,10 +75,13 @@ def test_small_run_with_baseline(tmp_path):
     assert entry[f"corruptions in {M.label_mce_baseline('static')}"] == ["gaussian_noise", "fog"]
     low, high = entry[f"{M.label_mce_baseline('static')} 95% CI"]
     assert low < entry[M.label_mce_baseline("static")] < high
-    overall = entry["McNemar vs static"]["overall"]
-    pooled = [(ps[("bivol", c, s)], ps[("static", c, s)]) for c in ("gaussian_noise", "fog") for s in (1, 2)]
-    assert overall["model_only_correct"] == sum(int(np.sum(a & ~b)) for a, b in pooled)
-    assert overall["baseline_only_correct"] == sum(int(np.sum(~a & b)) for a, b in pooled)
+    clustered = entry[clustered_key("static")][M.LABEL_MEAN_ERROR]
+    assert clustered["difference (pp)"] == pytest.approx(
+        entry[M.LABEL_MEAN_ERROR] - stored["models"]["static"][M.LABEL_MEAN_ERROR], abs=1e-3)
+    low, high = clustered["95% CI (image bootstrap)"]
+    assert low < clustered["difference (pp)"] < high and 0 < clustered["p (image sign-flip)"] <= 1
+    assert clustered_key("static") not in stored["models"]["static"]
+    assert "sign-flip" in stored["clustered_method"]
     assert entry["n images"] == 60
 
     text = format_summary(summary)
@@ -122,8 +126,9 @@ def test_full_benchmark_with_alexnet_normalisation(tmp_path):
 
 
 def test_study_table_recounts_from_per_sample(tmp_path):
-    """study.{csv,md}: registered models get params/FLOPs; the noise group's mean, its interval and
-    the pooled McNemar come from the per-sample arrays."""
+    """study.{csv,md}: registered models get params/FLOPs and one seed; the noise group's mean,
+    its interval and the image-clustered difference from the baseline come from the per-sample
+    arrays."""
     cells = [("clean", 0)] + [(c, s) for c in ("gaussian_noise", "shot_noise", "fog") for s in (1, 2)]
     tidy, ps = _run(["resnet20", "bivol_resnet20"], cells, n=200)
     write_reports(tmp_path, tidy, per_sample=ps, baseline="resnet20", alexnet_normalisation=False, command="x")
@@ -139,9 +144,12 @@ def test_study_table_recounts_from_per_sample(tmp_path):
     assert float(value) == pytest.approx(mean, abs=0.01)
     assert low == pytest.approx(mean - half, abs=0.01) and high == pytest.approx(mean + half, abs=0.01)
 
-    pooled = M.mcnemar(np.concatenate([ps[("bivol_resnet20", *c)] for c in noise]),
-                       np.concatenate([ps[("resnet20", *c)] for c in noise]))
-    assert study.loc["bivol_resnet20", "McNemar p vs resnet20 (noise)"] == f"{pooled['p_value']:.2g}"
-    assert study.loc["resnet20", "McNemar p vs resnet20 (noise)"] == "-"
+    d = wrong - np.mean([~ps[("resnet20", *cell)] for cell in noise], axis=0)  # per-image difference
+    delta = study.loc["bivol_resnet20", "Δ noise error vs resnet20 (pp) [95% CI, image bootstrap]"]
+    assert float(delta.split(" [")[0]) == pytest.approx(100 * d.mean(), abs=0.01)
+    p = float(study.loc["bivol_resnet20", "p (image-clustered, noise error)"])
+    assert p == pytest.approx(C.sign_flip_p(d[:, None])[0], rel=0.01)
+    assert study.loc["resnet20", "p (image-clustered, noise error)"] == "-"
+    assert (study["seeds"] == "1").all()
     clean_acc = 100 * ps[("bivol_resnet20", "clean", 0)].mean()
     assert float(study.loc["bivol_resnet20", "clean accuracy (%)"].split(" [")[0]) == pytest.approx(clean_acc, abs=0.01)
