@@ -139,14 +139,21 @@ def evaluate(**options: Any) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Comparison folder (default runs/compare-<run names>).")
 @click.option("--baseline", default=None, help="Model that normalises CE (default: the first static model).")
+@click.option("--seeds", is_flag=True,
+              help="Each RUN holds one training seed of the same models: write seeds.{csv,md,json} (mean ± sd "
+                   "across seeds, differences from the baseline with seed + image variance); one RUN is allowed.")
 @friendly_errors
-def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None) -> None:
+def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None, seeds: bool) -> None:
     """Merge RUN folders of the same dataset and samples into one comparison (CSV, tables, summary, plots)."""
-    from .compare import compare_runs
-    from .reports import format_summary
+    from .compare import compare_runs, compare_seeds
+    from .reports import format_summary, markdown_table
 
-    target, summary = compare_runs(list(runs), out=out, baseline=baseline, command=_invocation())
-    click.echo(format_summary(summary))
+    if seeds:
+        target, table = compare_seeds(list(runs), out=out, baseline=baseline, command=_invocation())
+        click.echo(markdown_table(table))
+    else:
+        target, summary = compare_runs(list(runs), out=out, baseline=baseline, command=_invocation())
+        click.echo(format_summary(summary))
     click.echo(f"wrote {target}")
 
 

@@ -2,9 +2,11 @@
 
 Runs must have evaluated the same samples with the same corruption settings (dataset, sample
 set, seed, profile, JPEG step), otherwise their numbers are not comparable and the merge is
-refused. Models are read from each run's store (per-sample results, so paired CIs and McNemar
-tests work across runs) or, without one, from its results.csv. A model name found in more than
-one run is suffixed with its run's folder name.
+refused. Models are read from each run's store (per-sample results, so paired CIs and the
+image-clustered tests work across runs) or, without one, from its results.csv. A model name found
+in more than one run is suffixed with its run's folder name. With ``--seeds`` each run is one
+training seed of the same models, and the runs are combined per architecture instead
+(:mod:`seeds`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pandas as pd
 
 from .errors import UsageError
 from .evaluation.store import CLEAN, CONFIG_FILE, RunStore
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 
 #: run.json keys that must agree for results to be comparable.
 SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_quality", "clean_dataset")
@@ -105,6 +107,15 @@ def _check_baseline_covers(tidy: pd.DataFrame, models: list[str], baseline: str)
                 "or choose another --baseline") from None
 
 
+def _out_folder(runs: list[dict[str, Any]], out: str | Path | None) -> Path:
+    if out is None:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(run["path"].resolve().name for run in runs))[:120]
+        out = Path("runs") / f"compare-{slug}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
                  command: str = "") -> tuple[Path, dict[str, Any]]:
     """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots."""
@@ -128,11 +139,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
         _check_baseline_covers(tidy, models, baseline)
     baseline = baseline or _default_baseline(models)
     alexnet = all(run["summary"].get("alexnet_normalisation", False) for run in runs)
-    if out is None:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(run["path"].resolve().name for run in runs))[:120]
-        out = Path("runs") / f"compare-{slug}"
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(runs, out)
     summary = write_reports(out, tidy, per_sample=per_sample, baseline=baseline, alexnet_normalisation=alexnet,
                             command=command)
     summary["runs"] = {str(run["path"]): run["mapping"] for run in runs}
@@ -143,4 +150,31 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
     return out, summary
 
 
-__all__ = ["compare_runs", "SAME_KEYS"]
+def compare_seeds(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
+                  command: str = "") -> tuple[Path, pd.DataFrame]:
+    """Combine runs that each hold one training seed of the same architectures into ``out``:
+    seeds.{csv,md} (one row per architecture and metric) and seeds.json (every number)."""
+    from .reports import markdown_table
+    from .seeds import method_note, seed_summary, seed_table
+
+    runs = [_load_run(Path(p)) for p in run_dirs]
+    _check_comparable(runs)
+    models = list(dict.fromkeys(runs[0]["tidy"]["model"]))
+    baseline = baseline or _default_baseline(models)
+    if baseline is None:
+        raise UsageError("--seeds compares each operator with a static model: none found, give --baseline")
+    summary = seed_summary(runs, baseline)
+    table = seed_table(summary, baseline)
+    out = _out_folder(runs, out)
+    title = (f"Seeds: mean ± sd across {len(runs)} seed(s) (%); differences from {baseline} in percentage "
+             "points (mCE: points of mCE), seed-mean difference with its 95% interval")
+    atomic_write_text(out / "seeds.csv", table.to_csv())
+    atomic_write_text(out / "seeds.md", markdown_table(table, title))
+    atomic_write_json(out / "seeds.json", {"command": command, "baseline": baseline,
+                                           "runs": [str(run["path"].resolve()) for run in runs],
+                                           "units": "fractions (mCE: ratio to the baseline's)",
+                                           "method": method_note(), "architectures": summary})
+    return out, table
+
+
+__all__ = ["compare_runs", "compare_seeds", "SAME_KEYS"]

@@ -1,6 +1,7 @@
 """``compare`` merges runs of the same samples; ``sweep`` evaluates a continuous noise parameter."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,6 +29,8 @@ def setup(tmp_path_factory):
     for seed in (0, 1):
         torch.manual_seed(seed)
         save_checkpoint(root / f"r20-{seed}.pt", create_model("resnet20").state_dict(), meta)
+        save_checkpoint(root / f"bivol-{seed}.pt", create_model("bivol_resnet20").state_dict(),
+                        dataclasses.replace(meta, arch="bivol_resnet20"))
     return root
 
 
@@ -36,8 +39,9 @@ def _invoke(args):
     return result
 
 
-def _evaluate(setup, out, weights, *extra):
-    result = _invoke(["evaluate", "-m", f"resnet20={setup / weights}", "--dataset", str(setup / "data"),
+def _evaluate(setup, out, weights, *extra, models=("resnet20",)):
+    specs = [arg for name, w in zip(models, weights.split("+")) for arg in ("-m", f"{name}={setup / w}")]
+    result = _invoke(["evaluate", *specs, "--dataset", str(setup / "data"),
                       "--corruptions", "gaussian_noise", "--severities", "2", "--out", str(out), "--no-progress",
                       *extra])
     assert result.exit_code == 0, result.output
@@ -68,6 +72,32 @@ def test_compare_merges_suffixes_and_refuses(setup, tmp_path):
     assert refused.output.count("\n") == 1
     other = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "nothing")])
     assert other.exit_code == 2 and "run folder not found" in other.output
+
+
+def test_compare_seeds_writes_the_seed_table(setup, tmp_path):
+    runs = []
+    for seed in (0, 1):
+        runs.append(_evaluate(setup, tmp_path / f"seed{seed}", f"r20-{seed}.pt+bivol-{seed}.pt",
+                              models=("resnet20", "bivol_resnet20")))
+    out = tmp_path / "seeds"
+    result = _invoke(["compare", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--seeds", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "seeds.csv", index_col=["architecture", "metric"])
+    assert set(table["seeds"]) == {2} and "| bivol_resnet20 |" in (out / "seeds.md").read_text()
+    clean = [100 * (1 - run.query("model == 'bivol_resnet20' and corruption == 'clean'")["correct"].item() / N)
+             for run in runs]
+    spread = table.loc[("bivol_resnet20", "clean error (%)"), "mean ± sd across seeds (%)"]
+    assert spread == f"{np.mean(clean):.2f} ± {np.std(clean, ddof=1):.2f}"
+    stored = json.loads((out / "seeds.json").read_text())
+    assert stored["baseline"] == "resnet20" and "Welch-Satterthwaite" in stored["method"]
+    assert stored["architectures"]["bivol_resnet20"]["mean"]["interval"] == "t, seed + image variance"
+
+    one = _invoke(["compare", str(tmp_path / "seed0"), "--seeds", "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert set(pd.read_csv(tmp_path / "one" / "seeds.csv")["seeds"]) == {1}
+    _evaluate(setup, tmp_path / "lone", "r20-1.pt")
+    refused = _invoke(["compare", str(tmp_path / "seed0"), str(tmp_path / "lone"), "--seeds"])
+    assert refused.exit_code == 2 and "same models" in refused.output and refused.output.count("\n") == 1
 
 
 def test_sweep_writes_csv_and_plots(setup, tmp_path):
