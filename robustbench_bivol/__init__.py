@@ -1,2 +1,19 @@
-"""robustbench_bivol: how robust are dynamic convolution operators to common image corruptions?"""
+"""robustbench_bivol: how robust are dynamic convolution operators to common image corruptions?
+
+``robustbench_bivol.evaluate(...)`` is the Python API (:mod:`.api`); it is imported on first use,
+so that ``bivol-robust --help`` does not pay for torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["Results", "evaluate", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("evaluate", "Results"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'robustbench_bivol' has no attribute '{name}'")

@@ -33,6 +33,9 @@ class CheckpointMeta:
     dataset: str
     classes: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Shorter side before the centre crop to ``input_size`` (timm's crop_pct, torchvision's
+    #: resize_size); None: the toolkit's default (256 for 224, the size itself below 128).
+    resize: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CheckpointMeta":
@@ -46,6 +49,7 @@ class CheckpointMeta:
                 dataset=str(data["dataset"]),
                 classes=list(data.get("classes", [])),
                 provenance=dict(data.get("provenance", {})),
+                resize=None if data.get("resize") is None else int(data["resize"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({exc}).") from None
@@ -73,6 +77,18 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta, dict[str, Any]]:
     """Read a checkpoint safely; returns (state_dict, meta, extra)."""
     path = Path(path)
+    payload = load_safely(path)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise CheckpointError(
+            f"{path} is not a robustbench_bivol checkpoint (expected keys 'state_dict' and 'meta')."
+        )
+    return payload["state_dict"], CheckpointMeta.from_dict(payload["meta"]), payload.get("extra", {})
+
+
+def load_safely(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` of any file (a checkpoint or a plain state_dict), with a
+    one-line error for what cannot be read."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -84,11 +100,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
             f"cannot load checkpoint {path} safely (weights_only=True): {_load_failure(exc)}; only tensors and "
             "plain values are accepted (corrupt file, or a pickled object: re-save its state_dict)"
         ) from None
-    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
-        raise CheckpointError(
-            f"{path} is not a robustbench_bivol checkpoint (expected keys 'state_dict' and 'meta')."
-        )
-    return payload["state_dict"], CheckpointMeta.from_dict(payload["meta"]), payload.get("extra", {})
+    return payload
 
 
 def _load_failure(exc: Exception) -> str:

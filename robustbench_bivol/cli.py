@@ -73,22 +73,10 @@ def main() -> None:
     """Measure how robust convolution operators are to common image corruptions."""
 
 
-def _severities(value: str) -> list[int]:
-    from corruptions.registry import validate_severity
-
-    try:
-        parts = [v.strip() for v in value.split(",") if v.strip()]
-        bad = [v for v in parts if not v.lstrip("-").isdigit()]
-        if bad:
-            raise ValueError(f"'{bad[0]}' is not a number; give comma-separated integers 1..5, e.g. 1,3,5")
-        return sorted({validate_severity(int(v)) for v in parts})
-    except ValueError as exc:
-        raise UsageError(f"--severities: {exc}") from None
-
-
 @main.command()
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
-              help="Model to evaluate (repeatable); WEIGHTS is a bundled name, file, URL or torchvision:ENUM. "
+              help="Model to evaluate (repeatable): a registered NAME (WEIGHTS: a bundled name, file, URL or "
+                   "torchvision:ENUM), timm:NAME[=FILE], torchvision:NAME[=ENUM|FILE] or package.module:factory[=FILE]. "
                    "Default: every bundled model for the dataset.")
 @click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
 @click.option("--dataset", default="builtin", show_default=True,
@@ -124,14 +112,23 @@ def _severities(value: str) -> list[int]:
               help="Run folder (default runs/<dataset>-<models>); rerunning resumes it.")
 @click.option("--progress/--no-progress", default=True)
 @friendly_errors
-def evaluate(**options: Any) -> None:
+def evaluate(models: tuple[str, ...], default_weights: str | None, corruption_spec: str | None, out: str | None,
+             **options: Any) -> None:
     """Evaluate models on clean and corrupted images and write CSV, Markdown and plot reports."""
-    from .evaluation.run import evaluate_command
+    from .api import evaluate as run_evaluation
 
     started = time.perf_counter()
-    run_dir = evaluate_command(**options, command=_invocation())
-    if run_dir is not None:
-        click.echo(f"wrote {run_dir} in {time.perf_counter() - started:.1f}s")
+    results = run_evaluation(list(models), weights=default_weights, corruptions=corruption_spec, out=out or True,
+                             command=_invocation(), **options)
+    if results is None:  # a rank > 0 of a distributed job: rank 0 reports
+        return
+    click.echo(str(results))
+    if results.skipped:
+        click.echo(f"skipped {len(results.skipped)} unreadable image(s) in every cell and model, "
+                   f"e.g. {results.skipped[0]}")
+    if results.clean_absent:
+        click.echo("clean cell: absent (give --clean-dataset to evaluate clean images)")
+    click.echo(f"wrote {results.run_dir} in {time.perf_counter() - started:.1f}s")
 
 
 @main.command("compare")
@@ -266,12 +263,13 @@ def corrupt_command(dataset: str, split: str, size: int | None, out: str, layout
     import corruptions
 
     from .data import BUILTIN, balanced_subset, dataset_labels, open_dataset
+    from .evaluation.run import parse_severities
     from .rendering import render_dataset
 
     size = size or (32 if dataset == BUILTIN else 224)
     data = open_dataset(dataset, split=split, size=size, seed=seed if dataset == BUILTIN else 0)
     written = render_dataset(data, out, corruption_names=corruptions.select(corruption_spec),
-                             severities=_severities(severities), layout=layout,
+                             severities=parse_severities(severities), layout=layout,
                              indices=balanced_subset(dataset_labels(data), limit), seed=seed,
                              profile=None if profile == "auto" else profile, progress=progress)
     click.echo(f"wrote {written} files under {out}")

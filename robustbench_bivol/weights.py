@@ -39,11 +39,10 @@ def bundled_tags(arch: str) -> list[str]:
 def load_weights(source: str, arch: str) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
     """Resolve ``source`` for architecture ``arch`` and check that it was made for it."""
     if source.startswith("torchvision:"):
-        return _torchvision_weights(source.split(":", 1)[1], arch)
-    if source.startswith(URL_SCHEMES):
-        state_dict, meta, _ = load_checkpoint(download(source))
-    elif Path(source).is_file():
-        state_dict, meta, _ = load_checkpoint(source)
+        return torchvision_weights(source.split(":", 1)[1], arch)
+    path = weights_file(source)
+    if path is not None:
+        state_dict, meta, _ = load_checkpoint(path)
     elif source in manifest().get(arch, {}):
         state_dict, meta, _ = load_checkpoint(_verified_bundled_file(arch, source))
     elif source.endswith((".pt", ".pth")) or "/" in source:
@@ -55,6 +54,14 @@ def load_weights(source: str, arch: str) -> tuple[dict[str, torch.Tensor], Check
     if meta.arch != arch:
         raise CheckpointError(f"weights '{source}' are for {meta.arch}, not {arch}.")
     return state_dict, meta
+
+
+def weights_file(source: str) -> Path | None:
+    """The local file behind ``source``: a URL downloaded with its hash checked, or an existing file;
+    None for anything else (a bundled tag, an enum)."""
+    if source.startswith(URL_SCHEMES):
+        return download(source)
+    return Path(source) if Path(source).is_file() else None
 
 
 def _verified_bundled_file(arch: str, tag: str) -> Path:
@@ -97,8 +104,9 @@ def download(url: str) -> Path:
     return target
 
 
-def _torchvision_weights(enum_name: str, arch: str) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """torchvision's own ImageNet weights, e.g. ``torchvision:IMAGENET1K_V1`` for ``resnet50``."""
+def torchvision_weights(enum_name: str, arch: str) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """torchvision's own weights, e.g. ``torchvision:IMAGENET1K_V1`` for ``resnet50``; the enum's
+    transforms give the input size, resize, mean and std."""
     import torchvision
 
     try:
@@ -109,8 +117,10 @@ def _torchvision_weights(enum_name: str, arch: str) -> tuple[dict[str, torch.Ten
         state_dict = weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:
         raise CheckpointError(f"cannot fetch torchvision weights {weights}: {exc}") from None
-    meta = CheckpointMeta(arch=arch, num_classes=len(weights.meta["categories"]), input_size=224,
-                          mean=IMAGENET_MEAN, std=IMAGENET_STD, dataset="imagenet",
+    transforms = weights.transforms()
+    meta = CheckpointMeta(arch=arch, num_classes=len(weights.meta["categories"]),
+                          input_size=int(transforms.crop_size[0]), resize=int(transforms.resize_size[0]),
+                          mean=tuple(transforms.mean), std=tuple(transforms.std), dataset="imagenet",
                           classes=list(weights.meta["categories"]),
                           provenance={"source": f"torchvision {weights}", "url": weights.url})
     return state_dict, meta

@@ -269,7 +269,7 @@ CASES = [
                  id="no-cuda"),
     Case("wrong-class-count", "a folder with 3 classes for a 10-class model",
          lambda c: c.evaluate("--dataset", str(c.folder(classes=["x", "y", "z"]))),
-         2, r"^error: the dataset has 3 classes but the models predict \[10\]"),
+         2, r"^error: the dataset has 3 classes but resnet20 predicts 10; give models with a 3-class output"),
     Case("conflict-weights-twice", "`-m resnet20=A --weights B` (both name the weights)",
          lambda c: c.evaluate("--weights", str(c.ckpt)),
          2, r"^error: --weights .* is unused: every --model names its own weights"),

@@ -33,13 +33,15 @@ class EvalDataset(Protocol):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
 
 
-def open_dataset(spec: str, *, split: str = "test", size: int = 32, seed: int = 0) -> EvalDataset:
+def open_dataset(spec: str, *, split: str = "test", size: int = 32, seed: int = 0,
+                 resize: int | None = None) -> EvalDataset:
     """Open a dataset given on the command line.
 
     ``spec`` is 'builtin', ``cifar10:ROOT`` (torchvision's CIFAR-10, downloaded when online),
     ``imagenet-c:DIR`` / ``cifar-c:DIR`` (pre-rendered benchmarks), ``folder:DIR`` or a plain folder:
     a folder holding ``labels.npy`` is read as CIFAR-10-C, one holding ``<corruption>/<digit>/``
-    as ImageNet-C, any other as ImageFolder (``<root>/<class>/<image>``).
+    as ImageNet-C, any other as ImageFolder (``<root>/<class>/<image>``). ``resize`` is the shorter
+    side before an image folder's centre crop (default: :func:`.folder.default_resize`).
     """
     from .prerendered import LAYOUTS, detect_layout, open_prerendered
 
@@ -54,7 +56,7 @@ def open_dataset(spec: str, *, split: str = "test", size: int = 32, seed: int = 
         if not Path(rest).is_dir():
             raise DatasetError(f"dataset folder not found: '{rest}'")
         if kind == "folder":
-            return ImageFolderDataset(rest, size=size)
+            return ImageFolderDataset(rest, size=size, resize=resize)
         return open_prerendered(rest, size, layout=kind)
     path = Path(spec)
     if not path.exists():
@@ -62,7 +64,7 @@ def open_dataset(spec: str, *, split: str = "test", size: int = 32, seed: int = 
     layout = detect_layout(path)
     if layout is not None:
         return open_prerendered(path, size, layout=layout)
-    return ImageFolderDataset(path, size=size)
+    return ImageFolderDataset(path, size=size, resize=resize)
 
 
 def is_prerendered(dataset: object) -> bool:

@@ -1,24 +1,31 @@
-"""The ``evaluate`` job: resolve dataset and models, run the engine, write the reports."""
+"""The pieces of an evaluation job: device, models, dataset, cells, and collecting the results.
+
+:func:`robustbench_bivol.api.evaluate` puts them together; ``bivol-robust evaluate`` and
+``bivol-robust sweep`` are shells over it and over these pieces.
+"""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
 import corruptions
 
-from ..data import BUILTIN, align_classes, balanced_subset, dataset_labels, is_prerendered, open_dataset
-from ..distributed import process_group
+from ..data import BUILTIN, align_classes, is_prerendered, open_dataset
+from ..data.torch_dataset import TorchDataset, as_uint8, is_torch_dataset
 from ..errors import UsageError
-from ..io import atomic_write_json
-from .engine import EvalPlan, ModelEntry, evaluate
-from .loading import bundled_models_for, load_entry
+from .engine import ModelEntry
+from .loading import bundled_models_for, load_entry, module_entry
 from .store import Cell, RunStore
+
+#: What ``models`` may be: None (the bundled defaults), CLI specs, or {name: spec or nn.Module}.
+Models = Sequence[str] | Mapping[str, "str | nn.Module"] | None
 
 
 def pick_device(device: str) -> str:
@@ -44,31 +51,83 @@ def full_float32_on_cuda() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def _default_out(dataset: str, names: list[str]) -> Path:
-    stem = "builtin" if dataset == BUILTIN else Path(dataset.split(":", 1)[-1]).name or "dataset"
+def parse_severities(value: str | Sequence[int]) -> list[int]:
+    """``"1,3,5"`` or ``[1, 3, 5]`` as a sorted list of valid severities."""
+    from corruptions.registry import validate_severity
+
+    try:
+        if isinstance(value, str):
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            bad = [v for v in parts if not v.lstrip("-").isdigit()]
+            if bad:
+                raise ValueError(f"'{bad[0]}' is not a number; give comma-separated integers 1..5, e.g. 1,3,5")
+            value = [int(v) for v in parts]
+        return sorted({validate_severity(int(v)) for v in value})
+    except ValueError as exc:
+        raise UsageError(f"--severities: {exc}") from None
+
+
+def default_out(dataset: Any, names: list[str]) -> Path:
+    """``runs/<dataset>-<models>``, the CLI's default run folder."""
+    if isinstance(dataset, str):
+        stem = "builtin" if dataset == BUILTIN else Path(dataset.split(":", 1)[-1]).name or "dataset"
+    else:
+        stem = type(dataset).__name__
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{'+'.join(names)}")[:120]
     return Path("runs") / slug
 
 
-def load_models(models: tuple[str, ...], default_weights: str | None, dataset: str) -> list[ModelEntry]:
-    if default_weights is not None and models and all("=" in spec for spec in models):
+def native_size(dataset: Any) -> int:
+    """The input size a Python module gets by default: a torch dataset's own image size, 32 px on
+    the built-in dataset, 224 px elsewhere."""
+    if is_torch_dataset(dataset):
+        return int(as_uint8(dataset[0][0]).shape[-1])
+    return 32 if dataset == BUILTIN else 224
+
+
+def load_models(models: Models, default_weights: str | None, dataset: Any, *, input_size: int | None = None,
+                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> list[ModelEntry]:
+    """Entries for ``models``: CLI specs ``NAME[=WEIGHTS]``, or ``{name: spec or nn.Module}`` (the
+    mapping's keys name the results; ``input_size``/``mean``/``std`` apply to modules); None
+    evaluates every model with bundled weights for the built-in dataset."""
+    keyed = isinstance(models, Mapping)
+    named = list(models.items()) if keyed else [(spec, spec) for spec in list(models or []) or bundled_models_for(dataset)]
+    if not named:
+        raise UsageError("no models given: name at least one, e.g. {'resnet20': 'resnet20'}")
+    specs = [value for _, value in named if isinstance(value, str)]
+    if default_weights is not None and specs and all("=" in spec for spec in specs):
         raise UsageError(f"--weights {default_weights} is unused: every --model names its own weights "
                          "(NAME=WEIGHTS); drop --weights or the '=WEIGHTS' parts")
-    names = list(models) or bundled_models_for(dataset)
-    entries = [load_entry(spec, default_weights, dataset) for spec in names]
+    entries = []
+    for key, value in named:
+        if isinstance(value, nn.Module):
+            entries.append(module_entry(key, value, input_size=input_size, mean=mean, std=std,
+                                        default_size=native_size(dataset)))
+        elif isinstance(value, str):
+            entries.append(load_entry(value, default_weights, dataset, key=key if keyed else None))
+        else:
+            raise UsageError(f"model '{key}': give a name such as 'resnet20' or a torch.nn.Module, "
+                             f"not {type(value).__name__}")
     keys = [entry.name for entry in entries]
     if len(set(keys)) != len(keys):
         raise UsageError(f"the same model is given twice: {', '.join(keys)}")
-    sizes = {entry.meta.input_size for entry in entries}
+    sizes = {(entry.meta.input_size, entry.meta.resize) for entry in entries}
     if len(sizes) != 1:
-        raise UsageError(f"models in one run need the same input size, got {sorted(sizes)}")
+        shown = ", ".join(f"{e.name}: {e.meta.input_size} px" + (f" (resize {e.meta.resize})" if e.meta.resize else "")
+                          for e in entries)
+        raise UsageError(f"models in one run need the same input size and resize, got {shown}")
     return entries
 
 
-def open_for_models(dataset: str, entries: list[ModelEntry], *, split: str, seed: int) -> Any:
-    """Open ``dataset`` at the models' input size, labels in the models' class order."""
-    size = entries[0].meta.input_size
-    data = open_dataset(dataset, split=split, size=size, seed=seed if dataset == BUILTIN else 0)
+def open_for_models(dataset: Any, entries: list[ModelEntry], *, split: str, seed: int) -> Any:
+    """Open ``dataset`` (a spec or a torch dataset) at the models' input size, labels in the models'
+    class order."""
+    size, resize = entries[0].meta.input_size, entries[0].meta.resize
+    if is_torch_dataset(dataset):
+        data = TorchDataset(dataset, size, resize)
+    else:
+        data = open_dataset(dataset, split=split, size=size, resize=resize,
+                            seed=seed if dataset == BUILTIN else 0)
     check_classes(data, entries)
     return data
 
@@ -77,17 +136,21 @@ def check_classes(data: Any, entries: list[ModelEntry]) -> None:
     orders = {tuple(entry.meta.classes) for entry in entries if entry.meta.classes}
     if len(orders) == 1:
         align_classes(data, list(orders.pop()))
-    classes = {entry.meta.num_classes for entry in entries}
-    if classes != {len(data.classes)}:
-        raise UsageError(f"the dataset has {len(data.classes)} classes but the models predict {sorted(classes)}")
+    wrong = [entry for entry in entries if entry.meta.num_classes != len(data.classes)]
+    if wrong:
+        shown = ", ".join(f"{entry.name} predicts {entry.meta.num_classes}" for entry in wrong)
+        raise UsageError(f"the dataset has {len(data.classes)} classes but {shown}; "
+                         f"give models with a {len(data.classes)}-class output")
 
 
-def _select_cells(data: Any, corruption_spec: str | None, severities: str | None) -> tuple[list[str], list[int]]:
+def select_cells(data: Any, corruption_spec: str | Sequence[str] | None,
+                 severities: str | Sequence[int] | None) -> tuple[list[str], list[int]]:
     """Corruptions and severities: as asked, else what is on disk (pre-rendered) or the benchmark."""
-    from ..cli import _severities
-
+    if corruption_spec is not None and not isinstance(corruption_spec, str):
+        corruption_spec = ",".join(corruption_spec)
     if not is_prerendered(data):
-        return corruptions.select(corruption_spec or "benchmark"), _severities(severities or "1,2,3,4,5")
+        return (corruptions.select(corruption_spec or "benchmark"),
+                parse_severities(severities if severities is not None else "1,2,3,4,5"))
     on_disk = data.available()
     if corruption_spec:
         names = corruptions.select(corruption_spec)
@@ -95,8 +158,8 @@ def _select_cells(data: Any, corruption_spec: str | None, severities: str | None
     else:
         names = [c for c in corruptions.ALL if c in on_disk]
         names += sorted(c for c in on_disk if c not in names)
-    if severities:
-        severity_list = _severities(severities)
+    if severities is not None and len(severities):
+        severity_list = parse_severities(severities)
     else:
         severity_list = sorted(set.intersection(*(set(on_disk.get(c, [])) for c in names))) if names else []
         if not severity_list:
@@ -105,61 +168,7 @@ def _select_cells(data: Any, corruption_spec: str | None, severities: str | None
     return names, severity_list
 
 
-def evaluate_command(*, models: tuple[str, ...], default_weights: str | None, dataset: str, split: str,
-                     limit: int | None, corruption_spec: str | None, severities: str | None, profile: str,
-                     jpeg: bool, seed: int, baseline: str | None, batch_size: int, workers: int, device: str,
-                     amp: bool, out: str | None, progress: bool, command: str, clean_dataset: str | None = None,
-                     on_bad_image: str = "fail", shard_size: int | None = None) -> Path | None:
-    """Run (or resume) an evaluation and write its reports; returns the run folder (None on ranks > 0)."""
-    from ..reports import format_summary, write_reports
-
-    if batch_size < 1 or workers < 0 or (shard_size is not None and shard_size < 1):
-        raise UsageError("--batch-size and --shard-size must be >= 1 and --workers >= 0")
-    device = pick_device(device)
-    entries = load_models(models, default_weights, dataset)
-    keys = [entry.name for entry in entries]
-    if baseline is not None and baseline not in keys:
-        raise UsageError(f"--baseline {baseline} is not among the evaluated models ({', '.join(keys)})")
-    size = entries[0].meta.input_size
-    data = open_for_models(dataset, entries, split=split, seed=seed)
-    corruption_names, severity_list = _select_cells(data, corruption_spec, severities)
-    extra: dict[str, Any] = {}
-    include_clean = True
-    if is_prerendered(data):
-        if clean_dataset:
-            clean = open_dataset(clean_dataset, split=split, size=size, seed=seed if clean_dataset == BUILTIN else 0)
-            check_classes(clean, entries)
-            data.attach_clean(clean)
-        include_clean = data.has_clean
-        extra = {"clean_dataset": data.clean_name}
-    elif clean_dataset:
-        raise UsageError("--clean-dataset applies to pre-rendered datasets (imagenet-c / cifar-c folders) only")
-    indices = balanced_subset(dataset_labels(data), limit)
-    plan = EvalPlan(dataset_name=data.name, indices=indices, corruption_names=corruption_names,
-                    severities=severity_list, seed=seed, profile=None if profile == "auto" else profile,
-                    jpeg_quality=85 if jpeg else None, extra_config=extra, include_clean=include_clean,
-                    **({} if shard_size is None else {"shard_size": shard_size}))
-    run_dir = Path(out) if out else _default_out(dataset, keys)
-    with process_group(device) as (rank, _, device):
-        store = RunStore.open(run_dir, plan.config(entries)) if rank == 0 else None
-        evaluate(plan, entries, data, store, device=device, batch_size=batch_size, workers=workers, amp=amp,
-                 progress=progress, on_bad_image=on_bad_image)
-    if rank != 0:  # rank 0 alone holds the results and writes the reports
-        return None
-    tidy, per_sample, skipped = collect(store, plan.cells, len(plan.shards), keys, plan.indices)
-    summary = write_reports(run_dir, tidy, per_sample=per_sample, baseline=baseline or _static_baseline(entries),
-                            alexnet_normalisation=size >= 224, command=command)
-    record_extras(run_dir, summary, skipped=[_sample_name(data, i) for i in skipped],
-                  clean_absent=not include_clean)
-    tqdm.write(format_summary(summary))
-    if skipped:
-        tqdm.write(f"skipped {len(skipped)} unreadable image(s) in every cell and model, e.g. {_sample_name(data, skipped[0])}")
-    if not include_clean:
-        tqdm.write("clean cell: absent (give --clean-dataset to evaluate clean images)")
-    return run_dir
-
-
-def _sample_name(data: Any, index: int) -> str:
+def sample_name(data: Any, index: int) -> str:
     samples = getattr(data, "samples", None)
     if samples:
         return str(samples[index][0])
@@ -168,15 +177,15 @@ def _sample_name(data: Any, index: int) -> str:
     return f"#{index}"
 
 
-def record_extras(run_dir: Path, summary: dict, *, skipped: list[str], clean_absent: bool) -> None:
-    """Add the skipped images and the clean cell's status to summary.json."""
+def add_extras(summary: dict, *, skipped: list[str], clean_absent: bool) -> dict:
+    """Add the skipped images and the clean cell's status to a run's summary."""
     summary["skipped images"] = len(skipped)
     if skipped:
         summary["skipped files"] = skipped[:100]
     if clean_absent:
         summary["clean cell"] = "absent (pre-rendered dataset without --clean-dataset)"
         summary.setdefault("notes", []).append("clean cell absent: no clean images were given (--clean-dataset)")
-    atomic_write_json(Path(run_dir) / "summary.json", summary)
+    return summary
 
 
 def collect(store: RunStore, cells: list[Cell], shards: int, models: list[str],
@@ -218,11 +227,11 @@ def collect(store: RunStore, cells: list[Cell], shards: int, models: list[str],
     return tidy, per_sample, skipped
 
 
-def _static_baseline(entries: list[Any]) -> str | None:
-    """The first static-convolution model of the run, the natural reference for CE."""
-    from ..models import model_spec
+def static_baseline(entries: list[ModelEntry]) -> str | None:
+    """The first registered static-convolution model of the run, the natural reference for CE."""
+    from ..models import list_models, model_spec
 
     for entry in entries:
-        if model_spec(entry.meta.arch).operator == "static":
+        if entry.meta.arch in list_models() and model_spec(entry.meta.arch).operator == "static":
             return entry.name
     return None

@@ -106,3 +106,20 @@ class RunStore:
         table = pd.DataFrame(rows, columns=["model", "corruption", "severity", "n", "correct"])
         table["error"] = 1.0 - table["correct"] / table["n"]
         return table
+
+
+class MemoryStore(RunStore):
+    """A run kept in memory (the Python API with ``out=None``): nothing is written, nothing resumes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(Path(), config)
+        self._pieces: dict[tuple[Cell, int], CellResult] = {}
+
+    def has(self, cell: Cell, shard: int) -> bool:
+        return (cell, shard) in self._pieces
+
+    def write(self, cell: Cell, shard: int, result: CellResult) -> None:
+        self._pieces[(cell, shard)] = result
+
+    def read(self, cell: Cell, shard: int) -> CellResult:
+        return self._pieces[(cell, shard)]

@@ -1,0 +1,101 @@
+"""The Python API: :func:`evaluate` does what ``bivol-robust evaluate`` does and returns the figures.
+
+The CLI command is a shell over this function, so both run the same code and accept the same
+models, datasets and options.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .data import BUILTIN, balanced_subset, dataset_labels, is_prerendered, open_dataset
+from .distributed import process_group
+from .errors import UsageError
+from .evaluation.engine import BAD_IMAGE_POLICIES, EvalPlan
+from .evaluation.engine import evaluate as run_engine
+from .evaluation.results import Results
+from .evaluation.run import (Models, check_classes, collect, default_out, load_models, open_for_models,
+                             pick_device, sample_name, select_cells, static_baseline)
+from .evaluation.store import MemoryStore, RunStore
+
+PROFILES = ("auto", "imagenet", "tinyimagenet", "cifar")
+
+
+def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | None = None,
+             corruptions: str | list[str] | None = None, severities: str | list[int] | None = None,
+             limit: int | None = None, split: str = "test", clean_dataset: str | None = None,
+             profile: str = "auto", jpeg: bool = False, seed: int = 0, baseline: str | None = None,
+             input_size: int | None = None, mean: tuple[float, float, float] | None = None,
+             std: tuple[float, float, float] | None = None, batch_size: int = 128, workers: int = 0,
+             shard_size: int | None = None, device: str = "auto", amp: bool = False, on_bad_image: str = "fail",
+             out: str | Path | bool | None = None, progress: bool = True,
+             command: str = "robustbench_bivol.evaluate()") -> Results | None:
+    """Evaluate ``models`` on clean and corrupted images of ``dataset``; returns :class:`Results`
+    (None on the ranks > 0 of a torch.distributed job).
+
+    - ``models``: None (every model with bundled weights, on the built-in dataset), a list of CLI
+      specs (``"resnet20"``, ``"resnet20=cifar10"``, ``"timm:resnet18"``, ``"torchvision:resnet50"``,
+      ``"package.module:factory"``), or ``{name: spec or torch.nn.Module}``. A module is fed
+      ``input_size`` px images normalised with ``mean``/``std`` (default: its timm-style
+      ``pretrained_cfg``, else the dataset's own size, or 32 px on the built-in dataset and 224 px
+      elsewhere, and ImageNet's mean and std); its output must have one logit per class.
+    - ``dataset``: ``"builtin"``, a path or CLI dataset spec, or a map-style torch ``Dataset`` of
+      (image, label) items (PIL images, uint8 or [0, 1] float tensors).
+    - ``out``: None keeps everything in memory and writes nothing (call
+      ``results.write_reports(folder)`` later); a folder stores the run there (rerunning resumes)
+      and writes its reports; True is the CLI's default folder ``runs/<dataset>-<models>``.
+
+    The other options are those of ``bivol-robust evaluate`` (``corruptions`` and ``severities``
+    also take lists).
+    """
+    if isinstance(dataset, Path):
+        dataset = str(dataset)
+    if batch_size < 1 or workers < 0 or (shard_size is not None and shard_size < 1):
+        raise UsageError("--batch-size and --shard-size must be >= 1 and --workers >= 0")
+    if profile not in PROFILES:
+        raise UsageError(f"profile must be one of {', '.join(PROFILES)}, got '{profile}'")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise UsageError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got '{on_bad_image}'")
+    device = pick_device(device)
+    entries = load_models(models, weights, dataset, input_size=input_size, mean=mean, std=std)
+    keys = [entry.name for entry in entries]
+    if baseline is not None and baseline not in keys:
+        raise UsageError(f"--baseline {baseline} is not among the evaluated models ({', '.join(keys)})")
+    size = entries[0].meta.input_size
+    data = open_for_models(dataset, entries, split=split, seed=seed)
+    corruption_names, severity_list = select_cells(data, corruptions, severities)
+    extra: dict[str, Any] = {}
+    include_clean = True
+    if is_prerendered(data):
+        if clean_dataset:
+            clean = open_dataset(clean_dataset, split=split, size=size, resize=entries[0].meta.resize,
+                                 seed=seed if clean_dataset == BUILTIN else 0)
+            check_classes(clean, entries)
+            data.attach_clean(clean)
+        include_clean = data.has_clean
+        extra = {"clean_dataset": data.clean_name}
+    elif clean_dataset:
+        raise UsageError("--clean-dataset applies to pre-rendered datasets (imagenet-c / cifar-c folders) only")
+    plan = EvalPlan(dataset_name=data.name, indices=balanced_subset(dataset_labels(data), limit),
+                    corruption_names=corruption_names, severities=severity_list, seed=seed,
+                    profile=None if profile == "auto" else profile, jpeg_quality=85 if jpeg else None,
+                    extra_config=extra, include_clean=include_clean,
+                    **({} if shard_size is None else {"shard_size": shard_size}))
+    run_dir = default_out(dataset, keys) if out is True else Path(out) if out else None
+    with process_group(device) as (rank, _, device):
+        store = None
+        if rank == 0:
+            config = plan.config(entries)
+            store = RunStore.open(run_dir, config) if run_dir else MemoryStore(config)
+        run_engine(plan, entries, data, store, device=device, batch_size=batch_size, workers=workers, amp=amp,
+                   progress=progress, on_bad_image=on_bad_image)
+    if rank != 0:  # rank 0 alone holds the results
+        return None
+    counts, per_sample, skipped = collect(store, plan.cells, len(plan.shards), keys, plan.indices)
+    results = Results(counts=counts, per_sample=per_sample, baseline=baseline or static_baseline(entries),
+                      alexnet_normalisation=size >= 224, command=command,
+                      skipped=[sample_name(data, i) for i in skipped], clean_absent=not include_clean,
+                      run_dir=run_dir)
+    if run_dir:
+        results.write_reports(run_dir)
+    return results
