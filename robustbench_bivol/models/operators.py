@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import fused_involution
+
 
 def _kaiming_experts(weight: torch.Tensor) -> None:
     """Kaiming-normal (fan_out, ReLU) init of each expert kernel, like the static convs."""
@@ -122,15 +124,30 @@ def involution_aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: in
     if ho != (h + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1 or \
             wo != (w + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1:
         raise ValueError(f"kernel map {ho}x{wo} does not fit input {h}x{w} at stride {stride}")
-    return _aggregate_padded(F.pad(x, (pad, pad, pad, pad)), kernels, kernel_size, stride, dilation)
+    return _aggregate(x, kernels, kernel_size, stride, dilation, pad, pad)
 
 
-def _aggregate_padded(xp: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int,
-                      dilation: int) -> torch.Tensor:
-    """:func:`involution_aggregate` on an already zero-padded input ``xp`` (no size checks)."""
-    b, c, hp, wp = xp.shape
+def _aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+               pad_top: int, pad_left: int) -> torch.Tensor:
+    """:func:`involution_aggregate` (no size checks) reading input row ``s*i + d*u - pad_top``
+    (columns likewise, zeros outside x): the one dispatch of both call sites. The fused CPU
+    kernel (:mod:`.fused_involution`, ``BIVOL_FUSED``) where it applies, else the torch loop."""
+    if fused_involution.applies(x, kernels):
+        return fused_involution.aggregate(x, kernels, kernel_size, stride, dilation, pad_top, pad_left)
+    return _aggregate_torch(x, kernels, kernel_size, stride, dilation, pad_top, pad_left)
+
+
+def _aggregate_torch(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                     pad_top: int, pad_left: int) -> torch.Tensor:
+    """Pure-torch aggregation (the fallback, and any device): K*K in-place multiply-adds of
+    strided views of the zero-padded input."""
+    b, c, h, w = x.shape
     groups, kk, ho, wo = kernels.shape[1:]
-    xp = xp.view(b, groups, c // groups, hp, wp)
+    span = dilation * (kernel_size - 1) + 1
+    bottom = max(stride * (ho - 1) + span - pad_top - h, 0)
+    right = max(stride * (wo - 1) + span - pad_left - w, 0)
+    xp = F.pad(x, (pad_left, right, pad_top, bottom))
+    xp = xp.view(b, groups, c // groups, *xp.shape[-2:])
     out = xp.new_zeros(b, groups, c // groups, ho, wo, dtype=torch.result_type(xp, kernels))  # AMP-safe
     for idx in range(kk):
         u, v = divmod(idx, kernel_size)
@@ -268,12 +285,12 @@ class Involution2d(nn.Module):
         return max(1, int(self.chunk_budget * self.channels * ho / (self.groups * self.kernel_size ** 2)))
 
     def _chunk(self, x: torch.Tensor, channel_term: torch.Tensor | None, r0: int, r1: int) -> torch.Tensor:
-        """Output rows r0..r1-1, (B, C, r1 - r0, Wo): their kernels, aggregated over a padded row band of x."""
+        """Output rows r0..r1-1, (B, C, r1 - r0, Wo): their kernels, aggregated over the band of x rows they read."""
         kernels = self._kernels(x, channel_term, (r0, r1))
-        h, pad, s = x.shape[-2], (self.kernel_size - 1) // 2, self.stride
-        lo, hi = s * r0 - pad, s * (r1 - 1) + pad + 1  # input rows read, zero padding outside [0, h)
-        band = F.pad(x[:, :, max(lo, 0):min(hi, h)], (pad, pad, max(-lo, 0), max(hi - h, 0)))
-        return _aggregate_padded(band, kernels, self.kernel_size, s, 1)
+        pad, s = (self.kernel_size - 1) // 2, self.stride
+        lo = s * r0 - pad  # first input row read; rows outside [0, H) read as zeros
+        band = x[:, :, max(lo, 0): s * (r1 - 1) + pad + 1]
+        return _aggregate(band, kernels, self.kernel_size, s, 1, max(-lo, 0), pad)
 
     def _forward_chunked(self, x: torch.Tensor, step: int, ho: int) -> torch.Tensor:
         channel_term = self._channel_term(x)

@@ -1,0 +1,177 @@
+"""The fused CPU involution aggregation equals the pure-torch path and the unfold reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _naive import unfold_aggregate
+
+from robustbench_bivol.data import BuiltinShapes
+from robustbench_bivol.models import create_model, fused_involution
+from robustbench_bivol.models.operators import Bivolution2d, Involution2d, _aggregate_torch, involution_aggregate
+from robustbench_bivol.weights import manifest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _extension():
+    if fused_involution.extension() is None:
+        pytest.skip("the fused involution kernel cannot be built here")
+
+
+def _inputs(b: int, c: int, h: int, w: int, gc: int, k: int, stride: int, dtype=torch.float64,
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x = torch.randn(b, c, h, w, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    kernels = torch.randn(b, c // gc, k * k, ho, wo, dtype=dtype)
+    return x.requires_grad_(), kernels.requires_grad_()
+
+
+def _grads(out: torch.Tensor, x: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients for one fixed grad_output, rounded to bf16 so that every dtype sees the same values."""
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return torch.autograd.grad(out, (x, kernels), grad_out.bfloat16().to(out.dtype))
+
+
+@pytest.mark.parametrize("k", [3, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("gc,c", [(4, 16), (16, 32), (8, 8), (1, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_and_gradients_equal_the_reference(k, stride, gc, c, channels_last):
+    x, kernels = _inputs(2, c, 11, 9, gc, k, stride, channels_last=channels_last)  # odd, non-square
+    out = involution_aggregate(x, kernels, k, stride)
+    ref = unfold_aggregate(x, kernels, k, stride)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(_grads(out, x, kernels), _grads(ref, x, kernels), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 5), (3, 2, 6), (7, 1, 4), (7, 2, 5)])
+def test_gradcheck_float64(k, stride, size):
+    x, kernels = _inputs(1, 4, size, size + 1, 2, k, stride)
+    assert torch.autograd.gradcheck(lambda a, b: involution_aggregate(a, b, k, stride), (x, kernels))
+
+
+def test_dilation_and_asymmetric_padding_equal_the_torch_path():
+    """The row-band calls of Involution2d's chunks: padding only where the band meets the border."""
+    x, kernels = _inputs(2, 8, 7, 10, 4, 3, 1)
+    kernels = kernels.detach()[..., :5, :].requires_grad_()  # 5 output rows starting at input row -2
+    for dilation, pad_top, pad_left in [(1, 0, 1), (2, 2, 2), (1, 1, 0)]:
+        out = fused_involution.aggregate(x, kernels, 3, 1, dilation, pad_top, pad_left)
+        ref = _aggregate_torch(x, kernels, 3, 1, dilation, pad_top, pad_left)
+        torch.testing.assert_close(out, ref)
+        for got, want in zip(_grads(out, x, kernels), _grads(ref, x, kernels), strict=True):
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("k,stride,gc", [(3, 1, 4), (3, 2, 16), (7, 1, 16)])
+def test_bfloat16_within_tolerance(k, stride, gc):
+    """bf16 in, fp32 accumulation, bf16 out: within bf16 rounding of the float64 result (relative
+    2**-8 per element, checked as atol = rtol = 2e-2 against outputs and gradients of order 1-10)."""
+    x, kernels = _inputs(2, 32, 13, 13, gc, k, stride, dtype=torch.bfloat16)
+    out = involution_aggregate(x, kernels, k, stride)
+    assert out.dtype == torch.bfloat16
+    x64, k64 = (t.detach().double().requires_grad_() for t in (x, kernels))
+    ref = unfold_aggregate(x64, k64, k, stride)
+    scale = ref.abs().max()
+    torch.testing.assert_close(out.double() / scale, ref / scale, atol=2e-2, rtol=2e-2)
+    for got, want in zip(_grads(out, x, kernels), _grads(ref, x64, k64), strict=True):
+        s = want.abs().max()
+        torch.testing.assert_close(got.double() / s, want / s, atol=2e-2, rtol=2e-2)
+
+
+def test_autocast_mix_of_float32_and_bfloat16_promotes_like_the_torch_path():
+    x, kernels = _inputs(2, 16, 8, 8, 4, 3, 1, dtype=torch.float32)
+    kb = kernels.detach().bfloat16()
+    out = involution_aggregate(x.detach(), kb, 3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _aggregate_torch(x.detach(), kb, 3, 1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("module", [Involution2d(32, stride=2, kernel_size=7),
+                                    Bivolution2d(32, kernel_size=3, group_channels=4)])
+def test_chunked_eval_forward_and_backward_equal_the_torch_path(module, monkeypatch):
+    for m in module.modules():
+        if isinstance(m, Involution2d):
+            torch.nn.init.normal_(m.span.weight, std=0.1)
+            m.chunk_min_bytes = 0  # row chunks even at this size
+            m.chunk_budget = 0.1
+    module.eval()
+    x = torch.randn(2, 32, 15, 15, requires_grad=True)
+    fused = module(x)
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    monkeypatch.setenv("BIVOL_FUSED", "0")
+    torch_path = module(x)
+    (grad_torch,) = torch.autograd.grad(torch_path.square().sum(), x)
+    torch.testing.assert_close(fused, torch_path)
+    torch.testing.assert_close(grad_fused, grad_torch)
+
+
+def test_override_off_uses_the_torch_path(monkeypatch):
+    monkeypatch.setenv("BIVOL_FUSED", "0")
+    monkeypatch.setattr(fused_involution, "aggregate", None)  # calling it would fail
+    x, kernels = _inputs(1, 4, 5, 5, 4, 3, 1)
+    torch.testing.assert_close(involution_aggregate(x, kernels, 3), unfold_aggregate(x, kernels, 3, 1))
+
+
+def test_override_on_refuses_what_it_cannot_fuse(monkeypatch):
+    monkeypatch.setenv("BIVOL_FUSED", "1")
+    x, kernels = _inputs(1, 4, 5, 5, 4, 3, 1, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="no fused involution kernel"):
+        involution_aggregate(x, kernels, 3)
+    monkeypatch.setenv("BIVOL_FUSED", "sometimes")
+    with pytest.raises(ValueError, match="BIVOL_FUSED"):
+        involution_aggregate(x, kernels, 3)
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("no C++ compiler (c++) on PATH\nmore detail")
+
+    monkeypatch.setattr(fused_involution, "_build", no_compiler)
+    fused_involution.extension.cache_clear()
+    try:
+        x, kernels = _inputs(1, 4, 5, 5, 4, 3, 1)
+        with pytest.warns(RuntimeWarning, match=r"unavailable \(no C\+\+ compiler \(c\+\+\) on PATH\)") as caught:
+            out = involution_aggregate(x, kernels, 3)
+            involution_aggregate(x, kernels, 3)
+        assert len(caught) == 1
+        torch.testing.assert_close(out, unfold_aggregate(x, kernels, 3, 1))
+        monkeypatch.setenv("BIVOL_FUSED", "1")
+        fused_involution.extension.cache_clear()
+        with pytest.raises(RuntimeError, match="BIVOL_FUSED=1"):
+            involution_aggregate(x, kernels, 3)
+    finally:
+        fused_involution.extension.cache_clear()
+
+
+def test_build_name_hashes_source_flags_and_cpu(monkeypatch):
+    name = fused_involution.build_name()
+    monkeypatch.setattr(fused_involution, "_cpu_signature", lambda: "another CPU")
+    assert fused_involution.build_name() != name
+    monkeypatch.setattr(fused_involution, "CFLAGS", ["-O2"])
+    assert fused_involution.build_name() != name
+
+
+def _bundled_dynamic_models() -> list[tuple[str, str]]:
+    return [(arch, tag) for arch, tags in manifest().items() if arch.startswith(("involution", "bivol"))
+            for tag in tags]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,tag", _bundled_dynamic_models())
+def test_bundled_model_predictions_unchanged(arch, tag, monkeypatch):
+    """Every bundled involution / Bi-volution model predicts the same classes on the built-in
+    test split (1 000 images) with the fused kernel as with the torch path."""
+    from robustbench_bivol.weights import load_weights
+
+    _, meta = load_weights(tag, arch)
+    model = create_model(arch, weights=tag).eval()
+    images = torch.stack([img for img, _ in BuiltinShapes("test", size=meta.input_size)]).float() / 255
+    x = (images - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fused = model(x).argmax(1)
+        monkeypatch.setenv("BIVOL_FUSED", "0")
+        reference = model(x).argmax(1)
+    changed = int((fused != reference).sum())
+    assert changed == 0, f"{changed} of {len(x)} predictions changed"
