@@ -6,6 +6,7 @@ non-zero exit code (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 import time
@@ -214,7 +215,9 @@ def sweep_cli(**options: Any) -> None:
 @click.option("--progress/--no-progress", default=True)
 @friendly_errors
 def train(**options: Any) -> None:
-    """Train a model (SGD, cosine/one-cycle, DyConv temperature annealing); checkpoints every epoch."""
+    """Train a model (SGD, cosine/one-cycle, DyConv temperature annealing); checkpoints every epoch.
+
+    Under torchrun it trains data-parallel: --batch-size is the global batch."""
     from .evaluation.run import pick_device
     from .training import TrainConfig, train as run_training
     from .weights import bundle_checkpoint
@@ -224,6 +227,8 @@ def train(**options: Any) -> None:
     options["out"] = options["out"] or f"runs/train-{options['model']}"
     config = TrainConfig(**options)
     final = run_training(config, command=_invocation(), progress=progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports and bundles
+        return
     click.echo(f"final checkpoint: {final}")
     if bundle_as:
         click.echo(f"bundled as {bundle_checkpoint(final, bundle_as)}")

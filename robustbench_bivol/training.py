@@ -16,17 +16,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .distributed import process_group
 from .data import balanced_subset, dataset_labels, open_dataset
 from .errors import UsageError
 from .evaluation.engine import load_shard
 from .io import atomic_write_text
 from .models import create_model, model_spec, set_temperature
 from .models.operators import Involution2d
+from .sync_batchnorm import synchronise_batchnorm
 
 #: DyConv (Chen et al. 2020): softmax temperature annealed linearly from 30 to 1 over 10 epochs.
 DYCONV_TAU_START, DYCONV_TAU_END, DYCONV_ANNEAL_EPOCHS = 30.0, 1.0, 10
@@ -77,15 +81,21 @@ def dyconv_temperature(epoch: float, anneal_epochs: int) -> float:
     return DYCONV_TAU_START + (DYCONV_TAU_END - DYCONV_TAU_START) * progress
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, batched."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
+def crop_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, ...]:
+    """Random crop offsets and flips for ``n`` images, drawn in one fixed order (dx, dy, flip)."""
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dx, dy, flip
+
+
+def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
+              pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per image, batched."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
     rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, 3, h, w)
     cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, 3, h, w)
-    flip = torch.rand(n, generator=generator) < 0.5
     cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
     return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
 
@@ -145,11 +155,38 @@ def parameter_groups(model: nn.Module, lr: float, generator_lr_scale: float) -> 
 def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> Path:
     """Train ``config.model``; checkpoints every epoch to ``out/last.pt``; returns ``out/final.pt``.
 
-    Rerunning with the same ``out`` resumes from ``last.pt`` (a different configuration there is
+    Rerunning with the same ``out`` resumes from ``last.pt`` (a different recipe there is
     refused). The per-epoch log goes to ``out/log.csv``.
+
+    Under ``torchrun`` the same call trains data-parallel (DDP): ``batch_size`` stays the global
+    batch, split evenly over the ranks, and every BatchNorm normalises over the global batch
+    (:mod:`.sync_batchnorm`), so N processes train what one process trains, up to float
+    rounding. Rank 0 writes the log and the checkpoints; every rank resumes from ``last.pt``
+    (a filesystem all ranks see).
     """
+    with process_group(config.device) as (rank, world, device):
+        return _train(config, rank, world, torch.device(device), command, progress and rank == 0)
+
+
+def _epoch_order(config: TrainConfig, epoch: int, n: int, world: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The epoch's sample order and the generator its augmentation draws continue from.
+
+    Both depend only on (seed, epoch): a resumed epoch repeats them exactly. The order is cut to
+    a multiple of the world size (``DistributedSampler(drop_last=True)``'s rule; nothing is cut
+    in one process), and rank r takes every world-th sample of each global batch, which is the
+    partition ``DistributedSampler`` gives it for the same permutation.
+    """
+    generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    return order[:n - n % world], generator
+
+
+def _train(config: TrainConfig, rank: int, world: int, device: torch.device, command: str,
+           progress: bool) -> Path:
+    if config.batch_size % world:
+        raise UsageError(f"--batch-size {config.batch_size} does not split over {world} processes; "
+                         f"give a multiple of {world} (it is the global batch)")
     spec = model_spec(config.model)
-    device = torch.device(config.device)
     out = Path(config.out)
     torch.manual_seed(config.seed)
     train_x, train_y, classes, dataset_name = _load_split(config.dataset, "train", spec.input_size, config.limit, config.workers)
@@ -158,9 +195,12 @@ def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> P
     mean, std = pixels.mean(1), pixels.std(1)
     del pixels
     model = create_model(config.model, num_classes=len(classes)).to(device)
+    if world > 1:
+        synchronise_batchnorm(model, device)
     optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.generator_lr_scale), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
-    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+    usable = len(train_y) - len(train_y) % world
+    steps_per_epoch = math.ceil(usable / config.batch_size)
     scheduler = _schedule(optimizer, config, steps_per_epoch)
     meta = CheckpointMeta(arch=config.model, num_classes=len(classes), input_size=spec.input_size,
                           mean=tuple(mean.tolist()), std=tuple(std.tolist()), dataset=dataset_name,
@@ -178,26 +218,28 @@ def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> P
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         start_epoch, log_rows = int(extra["epoch"]), list(extra["log"])
+    net = model if world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     mean_d, std_d = mean.to(device).view(1, 3, 1, 1), std.to(device).view(1, 3, 1, 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     anneal = spec.operator == "dyconv"
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
-        order = torch.randperm(len(train_y), generator=generator)
+        order, generator = _epoch_order(config, epoch, len(train_y), world)
         model.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    unit="step", dynamic_ncols=True)
         for step in bar:
             if anneal:
                 set_temperature(model, dyconv_temperature(epoch + step / steps_per_epoch, config.anneal_epochs))
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment(train_x[batch], generator).to(device).float().div_(255).sub_(mean_d).div_(std_d)
+            draws = [d[rank::world] for d in crop_flip_draws(len(batch), generator)]  # the global batch's draws
+            batch = batch[rank::world]
+            x = crop_flip(train_x[batch], *draws).to(device).float().div_(255).sub_(mean_d).div_(std_d)
             y = train_y[batch].to(device)
             context = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
             with context:
-                logits = model(x)
+                logits = net(x)
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,33 +247,59 @@ def train(config: TrainConfig, *, command: str = "", progress: bool = True) -> P
             scheduler.step()
             loss_sum += float(loss.detach()) * len(batch)
             correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / ((step * config.batch_size) + len(batch)):.3f}")
+            bar.set_postfix(loss=f"{float(loss_sum) / ((step * config.batch_size // world) + len(batch)):.3f}")
         if anneal:
             set_temperature(model, dyconv_temperature(epoch + 1, config.anneal_epochs))
-        test_acc = accuracy(model, test_x, test_y, mean_d, std_d, device)
+        loss_sum, correct = _sum_over_ranks(loss_sum, world), _sum_over_ranks(correct, world)
+        test_acc = _test_accuracy(model, test_x, test_y, mean_d, std_d, device, rank, world)
         log_rows.append({
             "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / len(train_y), "train_acc": correct / len(train_y),
+            "train_loss": float(loss_sum) / usable, "train_acc": int(correct) / usable,
             "test_acc": test_acc, "seconds": time.perf_counter() - started,
         })
-        _write_log(out / "log.csv", log_rows)
-        save_checkpoint(last, model.state_dict(), meta, extra={
-            "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "train_config": asdict(config), "log": log_rows,
-        })
+        if rank == 0:
+            _write_log(out / "log.csv", log_rows)
+            save_checkpoint(last, model.state_dict(), meta, extra={
+                "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "train_config": asdict(config), "log": log_rows,
+            })
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {log_rows[-1]['train_loss']:.4f} "
-                       f"train acc {log_rows[-1]['train_acc']:.4f} test acc {test_acc:.4f}")
-    state, _, extra = load_checkpoint(last)
-    meta.provenance = {
-        "command": command, "train_config": asdict(config), "epochs": config.epochs,
-        "test_accuracy": extra["log"][-1]["test_acc"] if extra["log"] else None,
-        "train_seconds": round(sum(row["seconds"] for row in extra["log"]), 1),
-        "torch": str(torch.__version__), "python": platform.python_version(),
-    }
+                       f"train acc {log_rows[-1]['train_acc']:.4f} test acc {log_rows[-1]['test_acc']:.4f}")
     final = out / "final.pt"
-    save_checkpoint(final, state, meta)
+    if rank == 0:
+        state, _, extra = load_checkpoint(last)
+        meta.provenance = {
+            "command": command, "train_config": asdict(config), "epochs": config.epochs,
+            "test_accuracy": extra["log"][-1]["test_acc"] if extra["log"] else None,
+            "train_seconds": round(sum(row["seconds"] for row in extra["log"]), 1),
+            "processes": world, "torch": str(torch.__version__), "python": platform.python_version(),
+        }
+        save_checkpoint(final, state, meta)
+    if world > 1:
+        dist.barrier()  # final.pt exists for every rank that returns its path
     return final
+
+
+def _test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                   std: torch.Tensor, device: torch.device, rank: int, world: int) -> float:
+    """Accuracy on the whole test split; under DDP each rank classifies every world-th image."""
+    if world == 1:
+        return accuracy(model, images, labels, mean, std, device)
+    mine = labels[rank::world]
+    correct = accuracy(model, images[rank::world], mine, mean, std, device) * len(mine)
+    return float(_sum_over_ranks(torch.tensor(correct, dtype=torch.float64), world)) / len(labels)
+
+
+def _sum_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    """``value`` summed over the ranks (itself in one process); collectives run on CPU tensors
+    under gloo, and on the rank's device under NCCL."""
+    if world == 1:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = value.to(device)
+    dist.all_reduce(total)
+    return total.cpu()
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
