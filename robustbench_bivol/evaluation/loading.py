@@ -6,6 +6,7 @@ from typing import Any
 from torch import nn
 
 from ..data import BUILTIN
+from ..data.torch_dataset import as_uint8, is_torch_dataset
 from ..errors import UsageError
 from ..models import create_model, list_models, load_state_dict_strict, model_spec
 from ..models.external import is_external, load_external, preprocessing, state_digest
@@ -27,6 +28,14 @@ def bundled_models_for(dataset: str) -> list[str]:
     return sorted(names, key=lambda n: (model_spec(n).operator != "static", n))
 
 
+def native_size(dataset: Any) -> int:
+    """The input size of a model whose own preprocessing does not say (a Python module, a factory's
+    model): a torch dataset's own image size, 32 px on the built-in dataset, 224 px elsewhere."""
+    if is_torch_dataset(dataset):
+        return int(as_uint8(dataset[0][0]).shape[-1])
+    return 32 if dataset == BUILTIN else 224
+
+
 def load_entry(spec: str, default_weights: str | None, dataset: Any = BUILTIN, key: str | None = None) -> ModelEntry:
     """``spec`` is ``NAME`` or ``NAME=WEIGHTS``; weights default to ``--weights``, then, on the
     built-in dataset only, to the bundled weights trained on it. ``NAME`` may also be
@@ -36,7 +45,7 @@ def load_entry(spec: str, default_weights: str | None, dataset: Any = BUILTIN, k
     name, _, weights = spec.partition("=")
     if is_external(name):
         weights = weights or default_weights or ""
-        module, meta = load_external(name, weights)
+        module, meta = load_external(name, weights, default_size=native_size(dataset))
         return ModelEntry(name=key or name, module=module, meta=meta, weights=weights or "pretrained")
     model_spec(name)  # unknown names fail here, with a suggestion
     weights = weights or default_weights or _default_tag(name, dataset)

@@ -18,10 +18,10 @@ from torch import nn
 import corruptions
 
 from ..data import BUILTIN, align_classes, is_prerendered, open_dataset
-from ..data.torch_dataset import TorchDataset, as_uint8, is_torch_dataset
+from ..data.torch_dataset import TorchDataset, is_torch_dataset
 from ..errors import UsageError
 from .engine import ModelEntry
-from .loading import bundled_models_for, load_entry, module_entry
+from .loading import bundled_models_for, load_entry, module_entry, native_size
 from .store import Cell, RunStore
 
 #: What ``models`` may be: None (the bundled defaults), CLI specs, or {name: spec or nn.Module}.
@@ -75,14 +75,6 @@ def default_out(dataset: Any, names: list[str]) -> Path:
         stem = type(dataset).__name__
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{'+'.join(names)}")[:120]
     return Path("runs") / slug
-
-
-def native_size(dataset: Any) -> int:
-    """The input size a Python module gets by default: a torch dataset's own image size, 32 px on
-    the built-in dataset, 224 px elsewhere."""
-    if is_torch_dataset(dataset):
-        return int(as_uint8(dataset[0][0]).shape[-1])
-    return 32 if dataset == BUILTIN else 224
 
 
 def load_models(models: Models, default_weights: str | None, dataset: Any, *, input_size: int | None = None,

@@ -3,8 +3,8 @@
 Each becomes a module plus the :class:`CheckpointMeta` that says how to feed it (input size,
 shorter side before the centre crop, mean and std): timm's ``pretrained_cfg``, the transforms of
 a torchvision weights enum, the meta of a toolkit checkpoint, or, for a factory, the
-``pretrained_cfg`` its model may carry (timm's convention) and else 224 px with ImageNet's
-mean and std. Weights are a local file (a plain state_dict or a toolkit checkpoint, always read
+``pretrained_cfg`` its model may carry (timm's convention) and else the dataset's own size
+with ImageNet's mean and std. Weights are a local file (a plain state_dict or a toolkit checkpoint, always read
 with ``weights_only=True``), an https URL with its sha256, or, when none are named, the
 library's own pretrained weights (timm's default tag, torchvision's ``DEFAULT`` enum).
 """
@@ -36,8 +36,10 @@ def is_external(name: str) -> bool:
     return ":" in name
 
 
-def load_external(name: str, weights: str | None) -> tuple[nn.Module, CheckpointMeta]:
-    """Build ``name`` (``timm:NAME``, ``torchvision:NAME`` or ``package.module:factory``) with ``weights``."""
+def load_external(name: str, weights: str | None,
+                  default_size: int = DEFAULT_INPUT_SIZE) -> tuple[nn.Module, CheckpointMeta]:
+    """Build ``name`` (``timm:NAME``, ``torchvision:NAME`` or ``package.module:factory``) with ``weights``;
+    a factory's model without a ``pretrained_cfg`` gets ``default_size`` px inputs."""
     kind, _, target = name.partition(":")
     if not kind or not target:
         raise UsageError(f"model '{name}': give timm:NAME, torchvision:NAME or package.module:factory")
@@ -45,7 +47,7 @@ def load_external(name: str, weights: str | None) -> tuple[nn.Module, Checkpoint
         return _timm(target, weights, name)
     if kind == "torchvision":
         return _torchvision(target, weights, name)
-    return _factory(kind, target, weights, name)
+    return _factory(kind, target, weights, name, default_size)
 
 
 # ----------------------------------------------------------------------------- timm
@@ -122,7 +124,8 @@ def _torchvision_cfg(arch: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- package.module:factory
 
-def _factory(module_path: str, attribute: str, weights: str | None, name: str) -> tuple[nn.Module, CheckpointMeta]:
+def _factory(module_path: str, attribute: str, weights: str | None, name: str,
+             default_size: int) -> tuple[nn.Module, CheckpointMeta]:
     if os.getcwd() not in sys.path:  # `bivol-robust` is a script: its sys.path lacks the working directory
         sys.path.insert(0, os.getcwd())
     try:
@@ -141,7 +144,7 @@ def _factory(module_path: str, attribute: str, weights: str | None, name: str) -
     if weights:
         state_dict, meta = _read_weights(weights, name)
         load_state_dict_strict(model, state_dict, source=weights)
-    return model, meta or preprocessing(model, name, dataset=weights or "")
+    return model, meta or preprocessing(model, name, dataset=weights or "", default_size=default_size)
 
 
 # ----------------------------------------------------------------------------- shared
