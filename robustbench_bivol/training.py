@@ -91,13 +91,16 @@ def crop_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> tuple[t
 
 def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
               pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, per image, batched."""
+    """Random crop with zero padding and horizontal flip, per image, batched, on the images' device."""
     n, _, h, w = images.shape
+    device = images.device
+    dx, dy, flip = dx.to(device), dy.to(device), flip.to(device)
     padded = F.pad(images, (pad, pad, pad, pad))
-    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, 3, h, w)
-    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, 3, h, w)
+    rows = (dy.view(n, 1) + torch.arange(h, device=device)).view(n, 1, h, 1).expand(n, 3, h, w)
+    cols = (dx.view(n, 1) + torch.arange(w, device=device)).view(n, 1, 1, w).expand(n, 3, h, w)
     cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+    return padded[torch.arange(n, device=device).view(n, 1, 1, 1), torch.arange(3, device=device).view(1, 3, 1, 1),
+                  rows, cols]
 
 
 def _load_split(dataset: str, split: str, size: int, limit: int | None, workers: int):
@@ -194,6 +197,8 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
     pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)
     mean, std = pixels.mean(1), pixels.std(1)
     del pixels
+    if device.type != "cpu":  # the uint8 split lives on the accelerator: batches and augmentation never cross over
+        train_x, train_y = train_x.to(device), train_y.to(device)
     model = create_model(config.model, num_classes=len(classes)).to(device)
     if world > 1:
         synchronise_batchnorm(model, device)
@@ -234,7 +239,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
                 set_temperature(model, dyconv_temperature(epoch + step / steps_per_epoch, config.anneal_epochs))
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
             draws = [d[rank::world] for d in crop_flip_draws(len(batch), generator)]  # the global batch's draws
-            batch = batch[rank::world]
+            batch = batch[rank::world].to(train_x.device)
             x = crop_flip(train_x[batch], *draws).to(device).float().div_(255).sub_(mean_d).div_(std_d)
             y = train_y[batch].to(device)
             context = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
