@@ -16,9 +16,15 @@
 
 namespace {
 
+constexpr int64_t V = 8;  // output columns per register block (one AVX2 / half an AVX-512 vector of floats)
+
+int64_t round_up(int64_t n) { return (n + V - 1) / V * V; }
+int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }  // b > 0
+
 struct Geometry {
   int64_t B, C, H, W, G, gc, K, KK, Ho, Wo, s, d, pt, pl;
-  int64_t Wp() const { return s * (Wo - 1) + d * (K - 1) + 1; }  // padded row width read
+  int64_t Wv() const { return round_up(Wo); }                      // output row length in buffers
+  int64_t Wp() const { return s * (Wv() - 1) + d * (K - 1) + 1; }  // padded input row length read
   int64_t band_rows(int64_t rows) const { return s * (rows - 1) + d * (K - 1) + 1; }
 };
 
@@ -30,16 +36,16 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& k, int64_t K, int64_t s
   return g;
 }
 
-// Output rows per task: enough work per task to amortise the buffers, enough tasks to spread.
-int64_t rows_per_block(const Geometry& g) {
-  return std::max<int64_t>(1, std::min<int64_t>(g.Ho, 512 / std::max<int64_t>(g.Wo, 1)));
+// Rows per task: about 512 elements of work per row block, enough tasks to spread.
+int64_t rows_per_block(int64_t rows, int64_t width) {
+  return std::max<int64_t>(1, std::min<int64_t>(rows, 512 / std::max<int64_t>(width, 1)));
 }
 
 // Rows [r0, r0 + n) of one channel plane of x (row stride ``rs``), zero-padded to Wp columns,
 // converted to opmath. Row r of the buffer is input row r0 + r; column q is input column q - pl.
 template <typename scalar_t, typename acc_t>
 void load_band(const scalar_t* plane, int64_t rs, const Geometry& g, int64_t r0, int64_t n, acc_t* buf) {
-  const int64_t wp = g.Wp();
+  const int64_t wp = g.Wp(), lo = std::min(g.pl, wp), hi = std::max(lo, std::min(wp, g.pl + g.W));
   for (int64_t r = 0; r < n; ++r) {
     acc_t* dst = buf + r * wp;
     const int64_t y = r0 + r;
@@ -47,33 +53,25 @@ void load_band(const scalar_t* plane, int64_t rs, const Geometry& g, int64_t r0,
       std::fill(dst, dst + wp, acc_t(0));
       continue;
     }
-    const scalar_t* src = plane + y * rs;
-    for (int64_t q = 0; q < wp; ++q) {
-      const int64_t xcol = q - g.pl;
-      dst[q] = (xcol >= 0 && xcol < g.W) ? acc_t(src[xcol]) : acc_t(0);
-    }
+    const scalar_t* src = plane + y * rs - g.pl;
+    std::fill(dst, dst + lo, acc_t(0));
+    for (int64_t q = lo; q < hi; ++q) dst[q] = acc_t(src[q]);
+    std::fill(dst + hi, dst + wp, acc_t(0));
+  }
+}
+
+// ``n`` rows of ``w`` values (source row stride w) into rows of length Wv (zero tail).
+template <typename scalar_t, typename acc_t>
+void load_rows(const scalar_t* src, int64_t n, int64_t w, int64_t wv, acc_t* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t q = 0; q < w; ++q) dst[r * wv + q] = acc_t(src[r * w + q]);
+    std::fill(dst + r * wv + w, dst + (r + 1) * wv, acc_t(0));
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void to_acc(const scalar_t* src, int64_t n, acc_t* dst) {
-  for (int64_t q = 0; q < n; ++q) dst[q] = acc_t(src[q]);
-}
-
-// acc[j] += w[j] * xr[S * j]; S = 0: runtime stride.
-template <int S, typename acc_t>
-inline void madd_row(acc_t* __restrict acc, const acc_t* __restrict w, const acc_t* __restrict xr,
-                     int64_t n, int64_t s) {
-  const int64_t st = S ? S : s;
-  for (int64_t j = 0; j < n; ++j) acc[j] += w[j] * xr[st * j];
-}
-
-// gx[S * j] += w[j] * go[j]
-template <int S, typename acc_t>
-inline void scatter_row(acc_t* __restrict gx, const acc_t* __restrict w, const acc_t* __restrict go,
-                        int64_t n, int64_t s) {
-  const int64_t st = S ? S : s;
-  for (int64_t j = 0; j < n; ++j) gx[st * j] += w[j] * go[j];
+void store(const acc_t* acc, int64_t n, scalar_t* dst) {
+  for (int64_t t = 0; t < n; ++t) dst[t] = scalar_t(acc[t]);
 }
 
 template <int S, typename scalar_t>
@@ -82,64 +80,73 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
   const scalar_t* xd = x.data_ptr<scalar_t>();
   const scalar_t* kd = k.data_ptr<scalar_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
-  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2);
-  const int64_t rb = rows_per_block(g), nblocks = (g.Ho + rb - 1) / rb, wp = g.Wp();
-  const int64_t plane = g.Ho * g.Wo;
+  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), st = S ? S : g.s;
+  const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;
+  const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kbuf(g.KK * rb * g.Wo), xbuf(g.band_rows(rb) * wp), acc(g.Wo);
+    std::vector<acc_t> kbuf(g.KK * rb * wv), xbuf(g.band_rows(rb) * wp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
-      const scalar_t* kg = kd + bg * g.KK * plane;
-      for (int64_t uv = 0; uv < g.KK; ++uv) to_acc(kg + uv * plane + i0 * g.Wo, n * g.Wo, &kbuf[uv * n * g.Wo]);
+      for (int64_t uv = 0; uv < g.KK; ++uv)  // kbuf[uv][r][j]
+        load_rows(kd + (bg * g.KK + uv) * plane + i0 * g.Wo, n, g.Wo, wv, &kbuf[uv * n * wv]);
       for (int64_t c = 0; c < g.gc; ++c) {
         const int64_t ch = grp * g.gc + c;
-        load_band(xd + b * xsb + ch * xsc, xsh, g, g.s * i0 - g.pt, g.band_rows(n), xbuf.data());
+        load_band(xd + b * xsb + ch * xsc, xsh, g, st * i0 - g.pt, g.band_rows(n), xbuf.data());
         scalar_t* orow = od + (b * g.C + ch) * plane + i0 * g.Wo;
-        for (int64_t r = 0; r < n; ++r) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t u = 0; u < g.K; ++u) {
-            const acc_t* xr = &xbuf[(g.s * r + g.d * u) * wp];
-            for (int64_t v = 0; v < g.K; ++v)
-              madd_row<S>(acc.data(), &kbuf[((u * g.K + v) * n + r) * g.Wo], xr + g.d * v, g.Wo, g.s);
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
+            acc_t acc[V] = {};
+            for (int64_t u = 0; u < g.K; ++u) {
+              const acc_t* xr = &xbuf[(st * r + g.d * u) * wp + st * j0];
+              for (int64_t v = 0; v < g.K; ++v) {
+                const acc_t* kr = &kbuf[((u * g.K + v) * n + r) * wv + j0];
+                const acc_t* xv = xr + g.d * v;
+                for (int64_t q = 0; q < V; ++q) acc[q] += kr[q] * xv[st * q];
+              }
+            }
+            store(acc, std::min(V, g.Wo - j0), orow + r * g.Wo + j0);
           }
-          for (int64_t j = 0; j < g.Wo; ++j) orow[r * g.Wo + j] = scalar_t(acc[j]);
-        }
       }
     }
   });
 }
 
-// grad_kernels[b, g, uv, i, j] = sum_c grad_out[b, g*gc + c, i, j] * x[..., s*i + d*u - pt, s*j + d*v - pl]
+// grad_kernels[b, g, uv, i, j] = sum_c grad_out[b, g*gc + c, i, j] * x[..., s*i + d*u - pt, s*j + d*v - pl]:
+// all of a group's channels are loaded, so each kernel element is one register reduction over c.
 template <int S, typename scalar_t>
 void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* xd = x.data_ptr<scalar_t>();
   const scalar_t* gd = go.data_ptr<scalar_t>();
   scalar_t* gkd = gk.data_ptr<scalar_t>();
-  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2);
-  const int64_t rb = rows_per_block(g), nblocks = (g.Ho + rb - 1) / rb, wp = g.Wp();
-  const int64_t plane = g.Ho * g.Wo;
+  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), st = S ? S : g.s;
+  const int64_t rb = rows_per_block(g.Ho, g.Wo * g.gc / 4), nblocks = (g.Ho + rb - 1) / rb;
+  const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo, band = g.band_rows(rb) * wp;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kacc(g.KK * rb * g.Wo), xbuf(g.band_rows(rb) * wp), gbuf(rb * g.Wo);
+    std::vector<acc_t> xbuf(g.gc * band), gbuf(g.gc * rb * wv);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
-      std::fill(kacc.begin(), kacc.end(), acc_t(0));
       for (int64_t c = 0; c < g.gc; ++c) {
         const int64_t ch = grp * g.gc + c;
-        load_band(xd + b * xsb + ch * xsc, xsh, g, g.s * i0 - g.pt, g.band_rows(n), xbuf.data());
-        to_acc(gd + (b * g.C + ch) * plane + i0 * g.Wo, n * g.Wo, gbuf.data());
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t u = 0; u < g.K; ++u) {
-            const acc_t* xr = &xbuf[(g.s * r + g.d * u) * wp];
-            for (int64_t v = 0; v < g.K; ++v)
-              madd_row<S>(&kacc[((u * g.K + v) * n + r) * g.Wo], &gbuf[r * g.Wo], xr + g.d * v, g.Wo, g.s);
-          }
+        load_band(xd + b * xsb + ch * xsc, xsh, g, st * i0 - g.pt, g.band_rows(n), &xbuf[c * band]);
+        load_rows(gd + (b * g.C + ch) * plane + i0 * g.Wo, n, g.Wo, wv, &gbuf[c * rb * wv]);
       }
-      scalar_t* kg = gkd + bg * g.KK * plane;
-      for (int64_t uv = 0; uv < g.KK; ++uv)
-        for (int64_t q = 0; q < n * g.Wo; ++q) kg[uv * plane + i0 * g.Wo + q] = scalar_t(kacc[uv * n * g.Wo + q]);
+      scalar_t* kg = gkd + bg * g.KK * plane + i0 * g.Wo;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t u = 0; u < g.K; ++u)
+          for (int64_t v = 0; v < g.K; ++v)
+            for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
+              acc_t acc[V] = {};
+              const int64_t xoff = (st * r + g.d * u) * wp + st * j0 + g.d * v;
+              for (int64_t c = 0; c < g.gc; ++c) {
+                const acc_t* gr = &gbuf[(c * rb + r) * wv + j0];
+                const acc_t* xv = &xbuf[c * band + xoff];
+                for (int64_t q = 0; q < V; ++q) acc[q] += gr[q] * xv[st * q];
+              }
+              store(acc, std::min(V, g.Wo - j0), kg + (u * g.K + v) * plane + r * g.Wo + j0);
+            }
     }
   });
 }
@@ -152,41 +159,41 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
   const scalar_t* kd = k.data_ptr<scalar_t>();
   const scalar_t* gd = go.data_ptr<scalar_t>();
   scalar_t* gxd = gx.data_ptr<scalar_t>();
-  const int64_t wp = g.Wp(), plane = g.Ho * g.Wo;
-  const int64_t rb = std::max<int64_t>(1, std::min<int64_t>(g.H, 512 / std::max<int64_t>(g.W, 1)));
-  const int64_t nblocks = (g.H + rb - 1) / rb;
+  const int64_t st = S ? S : g.s, wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
+  const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb;
+  const int64_t max_rows = (rb - 1 + g.d * (g.K - 1)) / st + 2;  // output rows an input-row block touches
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> prod(g.Wo), row(wp);
+    std::vector<acc_t> kbuf(g.KK * max_rows * wv), gbuf(max_rows * wv), row(wp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, y1 = std::min(g.H, y0 + rb);
-      const scalar_t* kg = kd + bg * g.KK * plane;
+      // output rows i with s*i + d*u - pt in [y0, y1) for some u
+      const int64_t ia = std::max<int64_t>(0, ceil_div(y0 + g.pt - g.d * (g.K - 1), st));
+      const int64_t ib = std::min(g.Ho, (y1 - 1 + g.pt) / st + 1);
+      const int64_t ni = std::max<int64_t>(0, ib - ia);
+      for (int64_t uv = 0; uv < g.KK; ++uv)
+        load_rows(kd + (bg * g.KK + uv) * plane + ia * g.Wo, ni, g.Wo, wv, &kbuf[uv * ni * wv]);
       for (int64_t c = 0; c < g.gc; ++c) {
         const int64_t ch = grp * g.gc + c;
-        const scalar_t* gplane = gd + (b * g.C + ch) * plane;
+        load_rows(gd + (b * g.C + ch) * plane + ia * g.Wo, ni, g.Wo, wv, gbuf.data());
         scalar_t* xplane = gxd + (b * g.C + ch) * g.H * g.W;
         for (int64_t y = y0; y < y1; ++y) {
           std::fill(row.begin(), row.end(), acc_t(0));
           for (int64_t u = 0; u < g.K; ++u) {
             const int64_t num = y + g.pt - g.d * u;  // = s * i
-            if (num < 0 || num % g.s) continue;
-            const int64_t i = num / g.s;
-            if (i >= g.Ho) continue;
-            const scalar_t* grow = gplane + i * g.Wo;
+            if (num < 0 || num % st) continue;
+            const int64_t i = num / st;
+            if (i < ia || i >= ib) continue;
+            const acc_t* grow = &gbuf[(i - ia) * wv];
             for (int64_t v = 0; v < g.K; ++v) {
-              const scalar_t* krow = kg + (u * g.K + v) * plane + i * g.Wo;
-              for (int64_t j = 0; j < g.Wo; ++j) prod[j] = acc_t(krow[j]);
-              // row[s*j + d*v] += k * grad_out; prod doubles as the weight, grad_out converted inline
-              for (int64_t j = 0; j < g.Wo; ++j) prod[j] *= acc_t(grow[j]);
+              const acc_t* krow = &kbuf[((u * g.K + v) * ni + i - ia) * wv];
               acc_t* dst = &row[g.d * v];
-              const int64_t st = S ? S : g.s;
-              for (int64_t j = 0; j < g.Wo; ++j) dst[st * j] += prod[j];
+              for (int64_t j = 0; j < wv; ++j) dst[st * j] += krow[j] * grow[j];
             }
           }
-          for (int64_t q = 0; q < g.W; ++q) {
-            const int64_t p = q + g.pl;
-            xplane[y * g.W + q] = scalar_t(p < wp ? row[p] : acc_t(0));
-          }
+          const int64_t hi = std::min(g.W, wp - g.pl);
+          store(&row[g.pl], hi, xplane + y * g.W);
+          std::fill(xplane + y * g.W + std::max<int64_t>(hi, 0), xplane + (y + 1) * g.W, scalar_t(0));
         }
       }
     }
