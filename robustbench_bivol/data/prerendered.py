@@ -23,6 +23,7 @@ import torch
 from ..errors import DatasetError, UsageError
 from .cifar import CIFAR10_CLASSES, resize_batch
 from .folder import BadImageError, default_resize, load_image, scan_image_folder
+from .subsets import dataset_labels
 
 LAYOUTS = ("imagenet-c", "cifar-c")
 CLEAN = "clean"
@@ -89,8 +90,6 @@ class PrerenderedDataset:
 
     def attach_clean(self, clean: Any) -> None:
         """Match a clean dataset to the samples (by class and file stem, by index, or by position)."""
-        from . import dataset_labels
-
         index = self._match_clean(clean)
         clean_labels = dataset_labels(clean)[index]
         names = getattr(clean, "classes", None)
