@@ -7,6 +7,7 @@ subprocess test checks the real stderr for tracebacks).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import re
@@ -270,6 +271,19 @@ CASES = [
     Case("wrong-class-count", "a folder with 3 classes for a 10-class model",
          lambda c: c.evaluate("--dataset", str(c.folder(classes=["x", "y", "z"]))),
          2, r"^error: the dataset has 3 classes but resnet20 predicts 10; give models with a 3-class output"),
+    Case("module-output-size", "`-m torchvision.models:resnet18` (a factory's 1000-class model) on a 10-class folder",
+         lambda c: c.evaluate(model="torchvision.models:resnet18"),
+         2, r"^error: the dataset has 10 classes but torchvision\.models:resnet18 predicts 1000; give models with a "
+            r"10-class output"),
+    pytest.param(Case("timm-unknown-name", "`-m timm:resnt18`", lambda c: c.evaluate(model="timm:resnt18"),
+                      2, r"^error: timm has no model 'resnt18'\. Did you mean 'resnet18', .*`timm\.list_models\(\)` "
+                         r"lists them all\."),
+                 marks=pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed"),
+                 id="timm-unknown-name"),
+    Case("factory-import-fails", "`-m nosuchpkg.models:build` (a factory whose module cannot be imported)",
+         lambda c: c.evaluate(model="nosuchpkg.models:build"),
+         2, r"^error: model 'nosuchpkg\.models:build': cannot import nosuchpkg\.models: ModuleNotFoundError: "
+            r"No module named 'nosuchpkg'"),
     Case("conflict-weights-twice", "`-m resnet20=A --weights B` (both name the weights)",
          lambda c: c.evaluate("--weights", str(c.ckpt)),
          2, r"^error: --weights .* is unused: every --model names its own weights"),
