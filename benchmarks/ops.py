@@ -32,6 +32,14 @@
    (one forward of each model per round) so background load hits all alike; median latency and
    ratio to resnet50. Target: bivol_resnet50 <= 1.5x resnet50 on CPU (PASS/FAIL).
 
+3. Involution aggregation (CPU): the fused C++ kernel against the pure-torch path, forward and
+   forward+backward, fp32 and bf16, at the CIFAR models' shapes (K=3, 4 and 16 channels per
+   group, batch 128) and RedNet-50's stages (K=7, batch 32; --quick: batch <= 8, spatial /2).
+
+4. CIFAR training throughput: every registered ResNet-20 variant, one SGD step per model per
+   round (interleaved), batch 128 (--quick: 16), 32x32, fp32 and bf16 autocast; images/s and
+   ratio to resnet20. Target: involution_resnet20 and bivol_resnet20 >= 0.5x (PASS/FAIL).
+
 torch runs on one CPU thread by default (--threads): on a shared machine extra threads thrash.
 """
 from __future__ import annotations
@@ -47,18 +55,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from machine import describe
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the naive references live with the tests
 from _naive import naive_forward
 
-from robustbench_bivol.models import create_model
+from robustbench_bivol.models import create_model, fused_involution, list_models, model_spec
 from robustbench_bivol.models.operators import (
     Bivolution2d,
     CondConv2d,
     DynamicConv2d,
     Involution2d,
+    _aggregate_torch,
 )
 
 MEMORY_TARGET = 2.0  # involution / Bi-volution peak memory vs a static 3x3 conv
@@ -66,6 +76,16 @@ LATENCY_TARGET = 1.5  # bivol_resnet50 latency vs resnet50 (CPU)
 MODELS = ("resnet50", "bivol_resnet50", "rednet50", "dyconv_resnet50", "condconv_resnet50")
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
 KERNEL_SIZE = 7
+NAIVE_REPEATS = 3  # timed calls of the (slow) naive references
+TRAIN_TARGET = 0.5  # involution_resnet20 / bivol_resnet20 training throughput vs resnet20 (CPU)
+TRAIN_TARGETED = ("involution_resnet20", "bivol_resnet20")
+TRAIN_BATCH = 128
+#: Aggregation shapes (batch, C, size, group_channels, K, stride): the CIFAR models' (gc=4 wide
+#: involution, gc=16 involution_resnet20 / bivol_resnet20) and RedNet-50's stages (K=7, batch 32).
+AGGREGATION_SHAPES = ((128, 32, 32, 4, 3, 1), (128, 64, 16, 4, 3, 1), (128, 128, 8, 4, 3, 1),
+                      (128, 16, 32, 16, 3, 1), (128, 32, 16, 16, 3, 1), (128, 64, 8, 16, 3, 1),
+                      (128, 16, 32, 16, 3, 2), (32, 64, 56, 16, 7, 1), (32, 128, 28, 16, 7, 1),
+                      (32, 256, 14, 16, 7, 1), (32, 512, 7, 16, 7, 1))
 
 
 # ----------------------------------------------------------------------------- naive references
@@ -176,7 +196,7 @@ def operator_table(device: torch.device, quick: bool, warmup: int, repeats: int)
         for name, m, ref in ops:
             call = partial(m, x)
             with torch.no_grad():
-                t = median_time(call, device, warmup, repeats)
+                t = median_time(call, device, *((1, NAIVE_REPEATS) if ref else (warmup, repeats)))
                 infer = peak_bytes(call, device)
             call()  # warm-up of the autograd path
             train = peak_bytes(call, device)
@@ -257,10 +277,103 @@ def model_table(device: torch.device, quick: bool, warmup: int, repeats: int) ->
     return text, ok
 
 
+# ----------------------------------------------------------------------------- 3. aggregation
+
+def aggregation_table(quick: bool, warmup: int, repeats: int) -> str:
+    """The involution aggregation alone, fused kernel against the pure-torch path (CPU)."""
+    shapes = [(min(b, 8), c, -(-s // 2), gc, k, st) for b, c, s, gc, k, st in AGGREGATION_SHAPES] \
+        if quick else AGGREGATION_SHAPES
+    cpu = torch.device("cpu")
+    lines = ["| dtype | B | C@HxW | gc | K | stride | torch fwd ms | fused fwd ms | speed-up | "
+             "torch fwd+bwd ms | fused fwd+bwd ms | speed-up |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for dtype in (torch.float32, torch.bfloat16):
+        for b, c, s, gc, k, stride in shapes:
+            torch.manual_seed(0)
+            ho, pad = (s - 1) // stride + 1, (k - 1) // 2
+            x = torch.randn(b, c, s, s, dtype=dtype, requires_grad=True)
+            kernels = torch.randn(b, c // gc, k * k, ho, ho, dtype=dtype, requires_grad=True)
+            cells = []
+            for fn in (_aggregate_torch, fused_involution.aggregate):
+                def forward(fn=fn) -> torch.Tensor:
+                    return fn(x, kernels, k, stride, 1, pad, pad)
+
+                def train(forward=forward) -> None:
+                    forward().backward(torch.ones(b, c, ho, ho, dtype=dtype))
+
+                with torch.no_grad():
+                    fwd = median_time(forward, cpu, warmup, repeats)
+                cells.append((fwd, median_time(train, cpu, warmup, repeats)))
+            (tf, tt), (ff, ft) = cells
+            lines.append(f"| {str(dtype)[6:]} | {b} | {c}@{s}x{s} | {gc} | {k} | {stride} | {ms(tf)} | {ms(ff)} | "
+                         f"{tf / ff:.1f}x | {ms(tt)} | {ms(ft)} | {tt / ft:.1f}x |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- 4. CIFAR training
+
+def cifar_family() -> list[str]:
+    """Every registered 32 px ResNet-20 variant, resnet20 first (the reference)."""
+    names = [n for n in list_models() if model_spec(n).input_size == 32 and n.endswith("resnet20")]
+    return ["resnet20"] + [n for n in names if n != "resnet20"]
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> None:
+    """One SGD step; bf16: the forward under ``torch.autocast`` (as the CIFAR study trains)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def training_table(device: torch.device, quick: bool, warmup: int, rounds: int) -> tuple[str, bool]:
+    """Training throughput (img/s) of the CIFAR family, interleaved rounds, ratio to resnet20."""
+    batch = 16 if quick else TRAIN_BATCH
+    names = cifar_family()
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    rate: dict[tuple[str, bool], float] = {}
+    for bf16 in (False, True):
+        models = {n: create_model(n).train().to(device) for n in names}
+        steps = {n: partial(train_step, m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), x, y, bf16)
+                 for n, m in models.items()}
+        for step in steps.values():
+            for _ in range(warmup):
+                step()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(rounds):
+            for n, step in steps.items():
+                times[n].append(time_once(step, device))
+        for n in names:
+            rate[n, bf16] = batch / statistics.median(times[n])
+    lines = [f"### CIFAR family: training steps, batch {batch}, 32x32, {device.type}",
+             "",
+             "| model | fp32 img/s | ratio | bf16 autocast img/s | ratio | target |",
+             "|---|---:|---:|---:|---:|:---:|"]
+    ok = True
+    for n in names:
+        ratios = [rate[n, bf16] / rate["resnet20", bf16] for bf16 in (False, True)]
+        verdict = ""
+        if n in TRAIN_TARGETED:
+            passed = all(r >= TRAIN_TARGET for r in ratios)
+            ok &= passed
+            verdict = f"{'PASS' if passed else 'FAIL'} (>= {TRAIN_TARGET}x)"
+        lines.append(f"| {n} | {rate[n, False]:.0f} | {ratios[0]:.2f}x | {rate[n, True]:.0f} | {ratios[1]:.2f}x | "
+                     f"{verdict} |")
+    lines += ["", f"involution_resnet20 and bivol_resnet20 >= {TRAIN_TARGET}x resnet20 in fp32 and bf16: "
+                  f"**{'PASS' if ok else 'FAIL'}**"]
+    text = "\n".join(lines)
+    print(text + "\n", flush=True)
+    return text, ok
+
+
 # ----------------------------------------------------------------------------- report
 
-METHOD = """Method. Forward time: median of {repeats} timed calls after {warmup} warm-up call(s), eval mode,
-no_grad, one operator at a time. Operators run C -> C at stride 1; CondConv E=4, DyConv K=4,
+METHOD = """Method. Forward time: median of {repeats} timed calls after {warmup} warm-up call(s) ({naive} after 1
+for the slow naive references), eval mode, no_grad, one operator at a time. Operators run C -> C at stride 1; CondConv E=4, DyConv K=4,
 involution K=7, G=C/16, reduction 4 (RedNet), Bi-volution = depth-wise 3x3 static branch + SAKG
 involution (bivol_resnet50's setting). The generators' last conv gets small random weights, so
 kernels vary by position. Naive references (tests/_naive.py) use the same modules' parameters and kernel
@@ -282,6 +395,20 @@ Bivolution2d <= {target}x the static conv in both modes.
 Models: one forward of each model per round, rounds interleaved so that background load hits all
 models alike; median over {model_repeats} rounds after {model_warmup} warm-up call(s)."""
 
+AGGREGATION_METHOD = """The aggregation alone (`involution_aggregate`'s two implementations): the pure-torch path
+(K*K in-place multiply-adds of strided views, `BIVOL_FUSED=0`) and the fused C++ kernel
+(`robustbench_bivol/models/fused_involution.py`, the default on the CPU), on random inputs and
+kernels. fwd: no_grad; fwd+bwd: forward and backward to the input and the kernels. Median of
+{repeats} calls after {warmup} warm-up call(s). Shapes: the CIFAR models' (K=3; gc = channels per
+group: 4 for the wide involution models, 16 for involution_resnet20 / bivol_resnet20, batch 128)
+and RedNet-50's stages (K=7, gc=16, batch 32). bf16 accumulates in fp32 in the fused kernel."""
+
+TRAINING_METHOD = """Training throughput: one SGD step (momentum 0.9, cross-entropy, random 32x32 images and labels,
+batch 128, train mode) of each model per round, rounds interleaved so that background load hits
+all models alike; images/s from the median step time over {rounds} rounds after {warmup} warm-up
+step(s) per model. fp32, then bf16 under `torch.autocast` (weights fp32, as the CIFAR study
+trains). Target: involution_resnet20 and bivol_resnet20 >= 0.5x resnet20's throughput in both."""
+
 CPU_MEMORY = ("CPU memory is read from the allocator's own events: torch.profiler with "
               "profile_memory=True records every CPU allocation and free (the raw `[memory]` events "
               "with sizes and timestamps); summed in time order they give the live bytes, whose "
@@ -299,14 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", default="", help="also write the Markdown report here")
-    parser.add_argument("--skip-models", action="store_true", help="operator table only")
+    parser.add_argument("--skip-models", action="store_true", help="operator tables only (sections 1 and 3)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     warmup, repeats = (2, 9) if args.quick else (3, 20)
-    model_warmup, model_repeats = (1, 7) if args.quick else (2, 10)
+    model_warmup, model_repeats = (1, 7) if args.quick else (1, 7)
+    train_warmup, train_rounds = (1, 3) if args.quick else (2, 5)
+    agg_warmup, agg_repeats = (1, 2) if args.quick else (1, 3)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         warmup, model_warmup = warmup + 2, model_warmup + 2
@@ -319,11 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     print(mem_line + "\n", flush=True)
     models_text, lat_ok = ("", True) if args.skip_models else model_table(device, args.quick, model_warmup,
                                                                           model_repeats)
+    agg_text = aggregation_table(args.quick, agg_warmup, agg_repeats) if device.type == "cpu" else ""
+    train_text, train_ok = ("", True) if args.skip_models else training_table(device, args.quick, train_warmup,
+                                                                               train_rounds)
     elapsed = time.perf_counter() - t0
     desc = describe(device)
     kind = ("**--quick run** (smoke test: batch 2, C/4, spatial /2 for operators; 112x112, batch 1 and 4 "
             "for models; few repeats) — not the full benchmark" if args.quick else
-            "Full run (ResNet-50 stage shapes, batch 32; models 224x224, batch 1 and 32)")
+            "Full run (ResNet-50 stage shapes, batch 32; models 224x224, batch 1 and 32; CIFAR training "
+            "batch 128)")
     report = [
         "# Operators and models: speed and memory",
         "",
@@ -332,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {desc} (at end).",
         "",
-        METHOD.format(repeats=repeats, warmup=warmup, model_repeats=model_repeats, model_warmup=model_warmup,
+        METHOD.format(repeats=repeats, warmup=warmup, naive=NAIVE_REPEATS, model_repeats=model_repeats,
+                      model_warmup=model_warmup,
                       target=MEMORY_TARGET, memory_method=CUDA_MEMORY if device.type == "cuda" else CPU_MEMORY),
         "",
         "## 1. Operators",
@@ -343,8 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.skip_models:
         report += ["", "## 2. Model latency", "", models_text]
+    if agg_text:
+        report += ["", "## 3. Involution aggregation: fused kernel vs pure torch", "",
+                   AGGREGATION_METHOD.format(repeats=agg_repeats, warmup=agg_warmup), "", agg_text]
+    if not args.skip_models:
+        report += ["", "## 4. CIFAR training throughput", "",
+                   TRAINING_METHOD.format(rounds=train_rounds, warmup=train_warmup), "", train_text]
     print(f"Targets: operator memory {'PASS' if mem_ok else 'FAIL'}"
-          + ("" if args.skip_models else f", bivol_resnet50 latency {'PASS' if lat_ok else 'FAIL'}"))
+          + ("" if args.skip_models else f", bivol_resnet50 latency {'PASS' if lat_ok else 'FAIL'}"
+                                         f", CIFAR training {'PASS' if train_ok else 'FAIL'}"))
     print(f"Machine: {desc}; {elapsed:.0f} s")
     if args.out:
         Path(args.out).write_text("\n".join(report) + "\n")
