@@ -185,6 +185,45 @@ def sweep_cli(**options: Any) -> None:
     click.echo(f"wrote {target} in {time.perf_counter() - started:.1f}s")
 
 
+@main.command("fourier")
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
+              help="Model to evaluate (repeatable), as for evaluate. Default: every bundled model for the dataset.")
+@click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
+@click.option("--dataset", default="builtin", show_default=True, help="'builtin', cifar10:ROOT or an ImageFolder.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
+@click.option("--eps", "eps", default="4", show_default=True,
+              help="L2 norm of each channel's perturbation (images in [0, 1]); comma-separated for several. "
+                   "4 is Yin et al.'s CIFAR-10 value.")
+@click.option("--stride", type=int, default=1, show_default=True,
+              help="Evaluate frequencies whose indices are multiples of STRIDE (for large images).")
+@click.option("--baseline", default=None, help="Model the difference maps subtract (default: the static model).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--shard-size", type=int, default=None, help="Samples per stored piece (default 512).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="bfloat16 autocast for inference.")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default runs/fourier-<dataset>-<models>); rerunning resumes it.")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def fourier_cli(models: tuple[str, ...], default_weights: str | None, eps: str, out: str | None,
+                **options: Any) -> None:
+    """Fourier heat maps (Yin et al. 2019): error under each Fourier basis perturbation; fourier.csv and plots."""
+    from .fourier import fourier_heatmap
+
+    try:
+        eps_list = [float(value) for value in eps.split(",") if value.strip()]
+    except ValueError:
+        raise UsageError(f"--eps: give comma-separated numbers, e.g. 4 or 2,4, not '{eps}'") from None
+    started = time.perf_counter()
+    results = fourier_heatmap(list(models), weights=default_weights, eps=eps_list, out=out or True, **options)
+    if results is not None:  # rank 0 reports
+        click.echo(f"wrote {results.run_dir} in {time.perf_counter() - started:.1f}s")
+
+
 @main.command()
 @click.option("--model", "-m", required=True, help="Architecture to train (see `bivol-robust models`).")
 @click.option("--dataset", default="builtin", show_default=True,

@@ -1,0 +1,100 @@
+"""Fourier heat maps: the error under each basis perturbation over the frequency plane, low
+frequencies in the centre as in Yin et al. (2019).
+
+The measured half-plane is mirrored to the full plane (U(i, j) = U(-i, -j)). Every model's map
+shares one colour scale, so colours compare across models; the difference maps (model minus
+baseline) share one symmetric scale.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .fourier import conjugate, frequencies
+from .reports import _figure, _save
+
+PANEL = 2.6  # inches per heat map
+Panel = tuple[np.ndarray, list[int], list[int], str]  # grid, its row and column frequencies, title
+
+
+def error_grid(rows: pd.DataFrame, size: tuple[int, int], stride: int) -> tuple[np.ndarray, list[int], list[int]]:
+    """The errors of one model and eps as a full-plane matrix [i, j] over the strided frequencies
+    (NaN where not measured), with the frequencies of its rows and columns."""
+    height, width = size
+    fi = [f for f in frequencies(height) if f % stride == 0]
+    fj = [f for f in frequencies(width) if f % stride == 0]
+    row_of, col_of = {f: k for k, f in enumerate(fi)}, {f: k for k, f in enumerate(fj)}
+    grid = np.full((len(fi), len(fj)), np.nan)
+    for i, j, error in zip(rows["i"], rows["j"], rows["error"]):
+        for a, b in ((i, j), conjugate(i, j, height, width)):
+            grid[row_of[a], col_of[b]] = error
+    return grid, fi, fj
+
+
+def _panel(ax: Any, grid: np.ndarray, fi: list[int], fj: list[int], title: str, **style: Any) -> Any:
+    step_i = fi[1] - fi[0] if len(fi) > 1 else 1
+    step_j = fj[1] - fj[0] if len(fj) > 1 else 1
+    extent = (fj[0] - step_j / 2, fj[-1] + step_j / 2, fi[0] - step_i / 2, fi[-1] + step_i / 2)
+    image = ax.imshow(grid, origin="lower", extent=extent, interpolation="nearest", **style)
+    ax.set_title(title, fontsize="small")
+    ax.set_xlabel("horizontal frequency j", fontsize="x-small")
+    ax.set_ylabel("vertical frequency i", fontsize="x-small")
+    ax.tick_params(labelsize="x-small")
+    return image
+
+
+def _file_stem(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+
+
+def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, baseline: str | None,
+                  folder: Path) -> None:
+    """fourier.{png,svg} (every model, one row per eps), fourier-<model>.{png,svg} (one model),
+    and fourier-diff.{png,svg} (each other model minus ``baseline``)."""
+    perturbed = table[table["eps"] > 0]
+    if perturbed.empty:
+        return
+    models = list(dict.fromkeys(perturbed["model"]))
+    eps_values = sorted(perturbed["eps"].unique())
+    clean = table[table["eps"] == 0].set_index("model")["error"].to_dict()
+    grids = {(m, e): error_grid(perturbed[(perturbed["model"] == m) & (perturbed["eps"] == e)], size, stride)
+             for m in models for e in eps_values}
+    error_style = {"cmap": "viridis", "vmin": 0.0, "vmax": max(float(np.nanmax(g[0])) for g in grids.values())}
+
+    def title(model: str, eps: float) -> str:
+        clean_part = f", clean {100 * clean[model]:.1f}%" if model in clean else ""
+        return f"{model}\neps {eps:g}{clean_part}"
+
+    def draw(stem: str, columns: list[str], cell: Callable[[str, float], Panel], style: dict, label: str) -> None:
+        fig = _figure(PANEL * len(columns) + 0.8, PANEL * len(eps_values))
+        axes = fig.subplots(len(eps_values), len(columns), squeeze=False)
+        for r, eps in enumerate(eps_values):
+            for c, model in enumerate(columns):
+                grid, fi, fj, name = cell(model, eps)
+                image = _panel(axes[r][c], grid, fi, fj, name, **style)
+        fig.colorbar(image, ax=axes, shrink=0.8, label=label)
+        _save(fig, folder, stem)
+
+    def errors(model: str, eps: float) -> Panel:
+        return (*grids[(model, eps)], title(model, eps))
+
+    draw("fourier", models, errors, error_style, "top-1 error")
+    for model in models:
+        draw(f"fourier-{_file_stem(model)}", [model], errors, error_style, "top-1 error")
+    others = [m for m in models if m != baseline]
+    if baseline not in models or not others:
+        return
+    diffs = {(m, e): grids[(m, e)][0] - grids[(baseline, e)][0] for m in others for e in eps_values}
+    span = max(float(np.nanmax(np.abs(d))) for d in diffs.values()) or 1e-3
+    diff_style = {"cmap": "RdBu_r", "vmin": -span, "vmax": span}
+
+    def differences(model: str, eps: float) -> Panel:
+        _, fi, fj = grids[(model, eps)]
+        return diffs[(model, eps)], fi, fj, f"{model} - {baseline}\neps {eps:g}"
+
+    draw("fourier-diff", others, differences, diff_style, f"error difference from {baseline}")
