@@ -163,7 +163,8 @@ def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None
 @click.option("--split", default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
 @click.option("--corruption", required=True,
-              help="gaussian_noise (sigma), shot_noise (photons), impulse_noise (amount) or speckle_noise (sigma).")
+              help="gaussian_noise (sigma), shot_noise (photons), impulse_noise (amount), speckle_noise (sigma), "
+                   "band_noise_low/_mid/_high (RMS of band-limited noise), comma-separated; band_noise: all three bands.")
 @click.option("--max", "maximum", type=float, required=True, help="Largest parameter value.")
 @click.option("--min", "minimum", type=float, default=None, help="Smallest value (default 0; 1 photon for shot_noise).")
 @click.option("--steps", type=int, default=11, show_default=True, help="Number of evenly spaced values.")
@@ -173,7 +174,7 @@ def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None
 @click.option("--device", default="auto", show_default=True)
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default runs/sweep-<corruption>-<models>).")
+              help="Output folder (default runs/sweep-<corruptions>-<models>).")
 @click.option("--progress/--no-progress", default=True)
 @friendly_errors
 def sweep_cli(**options: Any) -> None:

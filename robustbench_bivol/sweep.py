@@ -6,11 +6,16 @@ with the custom parameter ``c``. Every image keeps its own random stream, seeded
 index, corruption) like :func:`corruptions.corrupt` (with severity key 0), and the same stream for
 every parameter value: the noise pattern is fixed and only its strength changes along the curve
 (common random numbers), so curves are smooth and models are compared on identical inputs.
+
+Besides the noise ops, three band-limited Gaussian noises (:mod:`corruptions.ops.bandlimited`)
+sweep their RMS in a low, middle and high frequency band at matched energy; ``band_noise`` names
+all three, so one run plots each model's accuracy against noise energy per band.
 """
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,22 @@ SWEEPABLE: dict[str, tuple[str, float | None]] = {
     "shot_noise": ("photons at full intensity", None),  # clean is the limit of infinitely many photons
     "impulse_noise": ("amount (flip probability)", 0.0),
     "speckle_noise": ("sigma", 0.0),
+    **{f"band_noise_{band}": (f"{band}-band RMS (L2 norm / sqrt(3HW))", 0.0) for band in ("low", "mid", "high")},
 }
+#: Names that stand for several sweepable corruptions.
+SWEEP_GROUPS: dict[str, tuple[str, ...]] = {"band_noise": ("band_noise_low", "band_noise_mid", "band_noise_high")}
 SWEEP_SEVERITY_KEY = 0
+
+
+def sweep_corruptions(spec: str) -> list[str]:
+    """``"band_noise"`` or comma-separated names as a list of sweepable corruptions."""
+    names = [name for item in spec.split(",") if item.strip()
+             for name in SWEEP_GROUPS.get(item.strip(), (item.strip(),))]
+    bad = [name for name in names if name not in SWEEPABLE]
+    if bad or not names:
+        raise UsageError(f"--corruption {bad[0] if bad else spec!r} cannot be swept "
+                         f"(choose from {', '.join([*SWEEPABLE, *SWEEP_GROUPS])})")
+    return list(dict.fromkeys(names))
 
 
 def parameter_grid(corruption: str, maximum: float, steps: int, minimum: float | None = None) -> np.ndarray:
@@ -48,70 +67,84 @@ def parameter_grid(corruption: str, maximum: float, steps: int, minimum: float |
     return np.linspace(minimum, maximum, steps)
 
 
+def _op(corruption: str) -> Callable[[torch.Tensor, float, list[torch.Generator]], torch.Tensor]:
+    from corruptions.ops import IMPLEMENTATIONS
+    from corruptions.ops.bandlimited import band_noise
+
+    if corruption.startswith("band_noise_"):
+        return functools.partial(band_noise, band=corruption.removeprefix("band_noise_"))
+    return IMPLEMENTATIONS[corruption].fn
+
+
 def sweep_images(images: torch.Tensor, indices: Sequence[int], corruption: str, c: float, seed: int = 0) -> torch.Tensor:
     """uint8 (B,3,H,W) images corrupted with the op of ``corruption`` at parameter ``c``."""
     from corruptions.api import to_uint8
-    from corruptions.ops import IMPLEMENTATIONS
     from corruptions.seeding import torch_generator
 
     if SWEEPABLE[corruption][1] is not None and c == SWEEPABLE[corruption][1]:
         return images
     generators = [torch_generator(seed, int(i), corruption, SWEEP_SEVERITY_KEY) for i in indices]
     with torch.no_grad():
-        y = IMPLEMENTATIONS[corruption].fn(images.to(torch.float32) / 255, float(c), generators)
+        y = _op(corruption)(images.to(torch.float32) / 255, float(c), generators)
     return to_uint8(y)
 
 
-def run_sweep(entries: Sequence[Any], dataset: Any, indices: np.ndarray, corruption: str, params: np.ndarray, *,
+def run_sweep(entries: Sequence[Any], dataset: Any, indices: np.ndarray, grids: dict[str, np.ndarray], *,
               seed: int = 0, batch_size: int = 128, device: str = "cpu", workers: int = 0,
               on_bad_image: str = "fail", progress: bool = True) -> tuple[pd.DataFrame, int]:
-    """Counts per (model, parameter); returns the table and the number of skipped images."""
+    """Counts per (corruption, model, parameter) for the parameter grid of each corruption;
+    returns the table and the number of skipped images."""
     from .evaluation.engine import CorruptOnTheFly
 
     device_ = torch.device(device)
     for entry in entries:
         entry.prepare(device_)
     source = CorruptOnTheFly(dataset, on_bad_image=on_bad_image, workers=workers)
-    correct = {(e.name, i): 0 for e in entries for i in range(len(params))}
+    points = [(corruption, float(c)) for corruption, params in grids.items() for c in params]
+    correct = {(e.name, point): 0 for e in entries for point in points}
     n, skipped = 0, 0
     chunk = max(batch_size, 512)
-    with tqdm(total=len(indices) * len(params), unit="img", disable=not progress, desc="sweep",
+    with tqdm(total=len(indices) * len(points), unit="img", disable=not progress, desc="sweep",
               dynamic_ncols=True) as bar:
         for first in range(0, len(indices), chunk):
             shard = source.load(indices[first:first + chunk])
             skipped += len(shard.skipped)
             n += len(shard.indices)
-            bar.update(len(shard.skipped) * len(params))
+            bar.update(len(shard.skipped) * len(points))
             for start in range(0, len(shard.indices), batch_size):
                 clean = shard.images[start:start + batch_size]
                 labels = shard.labels[start:start + batch_size].to(device_)
                 batch_indices = shard.indices[start:start + batch_size]
-                for i, c in enumerate(params):
-                    images = sweep_images(clean, batch_indices, corruption, float(c), seed).to(device_)
+                for corruption, c in points:
+                    images = sweep_images(clean, batch_indices, corruption, c, seed).to(device_)
                     for entry in entries:
-                        correct[(entry.name, i)] += int((entry.predict(images) == labels).sum())
+                        correct[(entry.name, (corruption, c))] += int((entry.predict(images) == labels).sum())
                     bar.update(len(clean))
-    rows = [{"model": e.name, "parameter": float(c), "n": n, "correct": correct[(e.name, i)],
-             "accuracy": correct[(e.name, i)] / n if n else float("nan")}
-            for e in entries for i, c in enumerate(params)]
-    return pd.DataFrame(rows, columns=["model", "parameter", "n", "correct", "accuracy"]), skipped
+    rows = [{"corruption": corruption, "model": e.name, "parameter": c, "n": n,
+             "correct": correct[(e.name, (corruption, c))],
+             "accuracy": correct[(e.name, (corruption, c))] / n if n else float("nan")}
+            for corruption, c in points for e in entries]
+    return pd.DataFrame(rows, columns=["corruption", "model", "parameter", "n", "correct", "accuracy"]), skipped
 
 
-def plot_sweep(table: pd.DataFrame, corruption: str, out: Path) -> None:
-    """Accuracy against the parameter, one line per model: sweep.png and sweep.svg."""
+def plot_sweep(table: pd.DataFrame, out: Path) -> None:
+    """Accuracy against the parameter, one panel per corruption and one line per model, on a
+    shared accuracy axis: sweep.png and sweep.svg."""
     from .reports import _figure, _save
 
-    fig = _figure(6.0, 4.0)
-    ax = fig.add_subplot()
-    for model, rows in table.groupby("model", sort=False):
-        ax.plot(rows["parameter"], 100.0 * rows["accuracy"], marker="o", markersize=3, label=model)
-    if corruption == "shot_noise":
-        ax.set_xscale("log")
-    ax.set_xlabel(f"{corruption}: {SWEEPABLE[corruption][0]}")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{corruption} sweep (n = {int(table['n'].iloc[0]) if len(table) else 0})", fontsize="small")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    corruptions = list(dict.fromkeys(table["corruption"]))
+    fig = _figure(1.0 + 4.5 * len(corruptions), 4.0)
+    axes = fig.subplots(1, len(corruptions), sharey=True, squeeze=False)[0]
+    for ax, corruption in zip(axes, corruptions):
+        for model, rows in table[table["corruption"] == corruption].groupby("model", sort=False):
+            ax.plot(rows["parameter"], 100.0 * rows["accuracy"], marker="o", markersize=3, label=model)
+        if corruption == "shot_noise":
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{corruption}: {SWEEPABLE[corruption][0]}", fontsize="small")
+        ax.set_title(f"{corruption} sweep (n = {int(table['n'].iloc[0]) if len(table) else 0})", fontsize="small")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[-1].legend(fontsize="small")
     _save(fig, out, "sweep")
 
 
@@ -122,20 +155,20 @@ def sweep_command(*, models: tuple[str, ...], default_weights: str | None, datas
     from .data import balanced_subset, dataset_labels, is_prerendered
     from .evaluation.run import load_models, open_for_models, pick_device
 
-    params = parameter_grid(corruption, maximum, steps, minimum)
+    grids = {name: parameter_grid(name, maximum, steps, minimum) for name in sweep_corruptions(corruption)}
     device = pick_device(device)
     entries = load_models(models, default_weights, dataset)
     data = open_for_models(dataset, entries, split=split, seed=seed)
     if is_prerendered(data):
         raise UsageError("sweep corrupts clean images: give a clean dataset, not a pre-rendered one")
     indices = balanced_subset(dataset_labels(data), limit)
-    table, skipped = run_sweep(entries, data, indices, corruption, params, seed=seed, batch_size=batch_size,
+    table, skipped = run_sweep(entries, data, indices, grids, seed=seed, batch_size=batch_size,
                                device=device, workers=workers, on_bad_image=on_bad_image, progress=progress)
     names = "+".join(e.name for e in entries)
     target = Path(out) if out else Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"sweep-{corruption}-{names}")[:120]
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target / "sweep.csv", table.to_csv(index=False, float_format="%.6g"))
-    plot_sweep(table, corruption, target)
+    plot_sweep(table, target)
     if skipped:
         tqdm.write(f"skipped {skipped} unreadable image(s)")
     return target

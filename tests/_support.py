@@ -1,11 +1,14 @@
-"""Shared test helpers: a checkpoint whose predictions vary, and a run's per-sample predictions."""
+"""Shared test helpers: a checkpoint whose predictions vary, a run's per-sample predictions, and a
+model that blurs its input before classifying (the frequency-analysis tests)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.data import BuiltinShapes
@@ -53,3 +56,40 @@ def write_image_folder(root: Path, n: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
     return root
+
+
+SIZE = 16  # side of the grey images
+
+
+class GreyImages(torch.utils.data.Dataset):
+    """Mid-grey images of class 0 (class 1 means 'this image was changed')."""
+
+    classes = ["unchanged", "changed"]
+
+    def __init__(self, n: int) -> None:
+        self.targets = [0] * n
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((3, SIZE, SIZE), 128, dtype=torch.uint8), 0
+
+
+class BlurThenDetect(nn.Module):
+    """A fixed circular Gaussian blur (sigma 1 px; along both axes, or along the width only), then
+    a classifier that says 'changed' when the blurred image's mean squared deviation from grey
+    exceeds half that of an unblurred eps = 1 perturbation."""
+
+    def __init__(self, horizontal_only: bool = False) -> None:
+        super().__init__()
+        taps = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 2)
+        taps /= taps.sum()
+        kernel = torch.outer(torch.eye(7)[3] if horizontal_only else taps, taps)
+        self.register_buffer("kernel", kernel.expand(3, 1, 7, 7).clone())
+        self.threshold = 0.5 / SIZE ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blurred = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="circular"), self.kernel, groups=3)
+        energy = (blurred - 128 / 255).pow(2).mean((1, 2, 3))
+        return torch.stack([self.threshold - energy, energy - self.threshold], 1)

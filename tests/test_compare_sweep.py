@@ -1,4 +1,5 @@
-"""``compare`` merges runs of the same samples; ``sweep`` evaluates a continuous noise parameter."""
+"""``compare`` merges runs of the same samples; ``sweep`` evaluates a continuous noise parameter
+(the band-limited noises included)."""
 from __future__ import annotations
 
 import dataclasses
@@ -113,7 +114,7 @@ def test_sweep_writes_csv_and_plots(setup, tmp_path):
                       "--no-progress"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "sweep.csv")
-    assert list(table.columns) == ["model", "parameter", "n", "correct", "accuracy"]
+    assert list(table.columns) == ["corruption", "model", "parameter", "n", "correct", "accuracy"]
     assert table["parameter"].tolist() == pytest.approx([0.0, 0.25, 0.5])
     assert (table["n"] == N).all()
     clean_correct = clean[clean.corruption == "clean"]["correct"].item()
@@ -122,10 +123,18 @@ def test_sweep_writes_csv_and_plots(setup, tmp_path):
     bad = _invoke(["sweep", "-m", f"resnet20={setup / 'r20-0.pt'}", "--dataset", str(setup / "data"),
                    "--corruption", "fog", "--max", "1", "--out", str(out)])
     assert bad.exit_code == 2 and "cannot be swept" in bad.output
+    bands = _invoke(["sweep", "-m", f"resnet20={setup / 'r20-0.pt'}", "--dataset", str(setup / "data"),
+                     "--corruption", "band_noise", "--max", "0.2", "--steps", "2", "--out", str(tmp_path / "bands"),
+                     "--no-progress"])
+    assert bands.exit_code == 0, bands.output
+    table = pd.read_csv(tmp_path / "bands" / "sweep.csv")
+    assert table["corruption"].tolist() == ["band_noise_low"] * 2 + ["band_noise_mid"] * 2 + ["band_noise_high"] * 2
+    assert (table[table["parameter"] == 0]["correct"] == clean_correct).all()
 
 
 @pytest.mark.parametrize("name,grid", [("gaussian_noise", (0.5, 5, None)), ("shot_noise", (100, 4, 2)),
-                                       ("impulse_noise", (0.3, 4, None))])
+                                       ("impulse_noise", (0.3, 4, None)), ("band_noise_low", (0.3, 4, None)),
+                                       ("band_noise_high", (0.3, 4, None))])
 def test_sweep_ops_are_seeded_and_monotone(name, grid):
     images, _ = render(np.arange(4))
     params = parameter_grid(name, grid[0], grid[1], grid[2])

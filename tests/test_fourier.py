@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from _support import make_checkpoint, store_predictions
+from _support import SIZE, BlurThenDetect, GreyImages, make_checkpoint, store_predictions
 from click.testing import CliRunner
-from torch import nn
 
 from robustbench_bivol import fourier as fourier_module
 from robustbench_bivol.cli import main
@@ -23,7 +21,6 @@ from robustbench_bivol.evaluation.store import RunStore
 from robustbench_bivol.fourier import (conjugate, fourier_basis, fourier_heatmap, frequencies, half_plane, perturb,
                                        random_signs, representative)
 
-SIZE = 16
 
 
 def _fft_basis(height: int, width: int, i: int, j: int) -> np.ndarray:
@@ -65,40 +62,6 @@ def test_perturbation_has_norm_eps_per_channel_and_is_clipped():
     assert strong.min() == 0 and strong.max() == 255
     assert not torch.equal(random_signs(0, np.array([5]), SIZE, SIZE), random_signs(1, np.array([5]), SIZE, SIZE))
     assert torch.equal(random_signs(0, np.array([9]), SIZE, SIZE)[0], random_signs(0, np.array([5, 9]), SIZE, SIZE)[1])
-
-
-class GreyImages(torch.utils.data.Dataset):
-    """Mid-grey images of class 0 (class 1 means 'this image was changed')."""
-
-    classes = ["unchanged", "changed"]
-
-    def __init__(self, n: int) -> None:
-        self.targets = [0] * n
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.full((3, SIZE, SIZE), 128, dtype=torch.uint8), 0
-
-
-class BlurThenDetect(nn.Module):
-    """A fixed circular Gaussian blur (sigma 1 px; along both axes, or along the width only), then
-    a classifier that says 'changed' when the blurred image's mean squared deviation from grey
-    exceeds half that of an unblurred eps = 1 perturbation."""
-
-    def __init__(self, horizontal_only: bool = False) -> None:
-        super().__init__()
-        taps = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 2)
-        taps /= taps.sum()
-        kernel = torch.outer(torch.eye(7)[3] if horizontal_only else taps, taps)
-        self.register_buffer("kernel", kernel.expand(3, 1, 7, 7).clone())
-        self.threshold = 0.5 / SIZE ** 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        blurred = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="circular"), self.kernel, groups=3)
-        energy = (blurred - 128 / 255).pow(2).mean((1, 2, 3))
-        return torch.stack([self.threshold - energy, energy - self.threshold], 1)
 
 
 def _error_grid(table: pd.DataFrame, model: str) -> dict[tuple[int, int], float]:
