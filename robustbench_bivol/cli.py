@@ -164,7 +164,8 @@ def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None
 @click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
 @click.option("--corruption", required=True,
               help="gaussian_noise (sigma), shot_noise (photons), impulse_noise (amount), speckle_noise (sigma), "
-                   "band_noise_low/_mid/_high (RMS of band-limited noise), comma-separated; band_noise: all three bands.")
+                   "band_noise_low/_mid/_high (RMS of band-limited noise), comma-separated; band_noise: all "
+                   "three bands.")
 @click.option("--max", "maximum", type=float, required=True, help="Largest parameter value.")
 @click.option("--min", "minimum", type=float, default=None, help="Smallest value (default 0; 1 photon for shot_noise).")
 @click.option("--steps", type=int, default=11, show_default=True, help="Number of evenly spaced values.")

@@ -98,8 +98,8 @@ def random_signs(seed: int, indices: np.ndarray, height: int, width: int) -> tor
 
 def perturb(images: torch.Tensor, i: int, j: int, eps: float, signs: torch.Tensor) -> torch.Tensor:
     """``clip(x + r * eps * U(i, j), 0, 1)`` of uint8 (B, 3, H, W) images with signs (B, 3), as
-    float32 on the 0..255 scale that the models' preprocessing expects (no rounding to 8 bits:
-    the perturbation is a fraction of a level per pixel at high resolution)."""
+    float32 on the 0..255 scale that the models' preprocessing expects; not rounded to 8 bits,
+    so each channel moves by exactly eps along U before clipping, as in the paper."""
     height, width = images.shape[-2:]
     basis = fourier_basis(height, width, i, j).to(images.device)
     scale = signs.to(images.device, torch.float32).mul_(255.0 * eps).view(-1, 3, 1, 1)
@@ -166,7 +166,7 @@ class FourierResults:
     table: pd.DataFrame
     size: tuple[int, int]
     stride: int
-    baseline: str | None
+    baseline: str  # the model the difference maps subtract
     run_dir: Path | None = None
 
     def write_reports(self, folder: str | Path) -> None:

@@ -8,7 +8,6 @@ baseline) share one symmetric scale.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,18 @@ def _file_stem(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
 
 
-def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, baseline: str | None,
-                  folder: Path) -> None:
+def _save_grid(folder: Path, stem: str, panels: list[list[Panel]], style: dict[str, Any], label: str) -> None:
+    """One figure of heat maps (rows x columns of panels) with one colour bar."""
+    fig = _figure(PANEL * len(panels[0]) + 0.8, PANEL * len(panels))
+    axes = fig.subplots(len(panels), len(panels[0]), squeeze=False)
+    for row, ax_row in zip(panels, axes):
+        for (grid, fi, fj, title), ax in zip(row, ax_row):
+            image = _panel(ax, grid, fi, fj, title, **style)
+    fig.colorbar(image, ax=axes, shrink=0.8, label=label)
+    _save(fig, folder, stem)
+
+
+def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, baseline: str, folder: Path) -> None:
     """fourier.{png,svg} (every model, one row per eps), fourier-<model>.{png,svg} (one model),
     and fourier-diff.{png,svg} (each other model minus ``baseline``)."""
     perturbed = table[table["eps"] > 0]
@@ -62,39 +71,23 @@ def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, basel
     models = list(dict.fromkeys(perturbed["model"]))
     eps_values = sorted(perturbed["eps"].unique())
     clean = table[table["eps"] == 0].set_index("model")["error"].to_dict()
-    grids = {(m, e): error_grid(perturbed[(perturbed["model"] == m) & (perturbed["eps"] == e)], size, stride)
-             for m in models for e in eps_values}
-    error_style = {"cmap": "viridis", "vmin": 0.0, "vmax": max(float(np.nanmax(g[0])) for g in grids.values())}
-
-    def title(model: str, eps: float) -> str:
-        clean_part = f", clean {100 * clean[model]:.1f}%" if model in clean else ""
-        return f"{model}\neps {eps:g}{clean_part}"
-
-    def draw(stem: str, columns: list[str], cell: Callable[[str, float], Panel], style: dict, label: str) -> None:
-        fig = _figure(PANEL * len(columns) + 0.8, PANEL * len(eps_values))
-        axes = fig.subplots(len(eps_values), len(columns), squeeze=False)
-        for r, eps in enumerate(eps_values):
-            for c, model in enumerate(columns):
-                grid, fi, fj, name = cell(model, eps)
-                image = _panel(axes[r][c], grid, fi, fj, name, **style)
-        fig.colorbar(image, ax=axes, shrink=0.8, label=label)
-        _save(fig, folder, stem)
-
-    def errors(model: str, eps: float) -> Panel:
-        return (*grids[(model, eps)], title(model, eps))
-
-    draw("fourier", models, errors, error_style, "top-1 error")
+    errors: dict[tuple[str, float], Panel] = {}
     for model in models:
-        draw(f"fourier-{_file_stem(model)}", [model], errors, error_style, "top-1 error")
+        for eps in eps_values:
+            grid, fi, fj = error_grid(perturbed[(perturbed["model"] == model) & (perturbed["eps"] == eps)],
+                                      size, stride)
+            clean_part = f", clean {100 * clean[model]:.1f}%" if model in clean else ""
+            errors[(model, eps)] = (grid, fi, fj, f"{model}\neps {eps:g}{clean_part}")
+    style = {"cmap": "viridis", "vmin": 0.0, "vmax": max(float(np.nanmax(p[0])) for p in errors.values())}
+    _save_grid(folder, "fourier", [[errors[(m, e)] for m in models] for e in eps_values], style, "top-1 error")
+    for model in models:
+        _save_grid(folder, f"fourier-{_file_stem(model)}", [[errors[(model, e)]] for e in eps_values], style,
+                   "top-1 error")
     others = [m for m in models if m != baseline]
-    if baseline not in models or not others:
+    if not others:
         return
-    diffs = {(m, e): grids[(m, e)][0] - grids[(baseline, e)][0] for m in others for e in eps_values}
-    span = max(float(np.nanmax(np.abs(d))) for d in diffs.values()) or 1e-3
-    diff_style = {"cmap": "RdBu_r", "vmin": -span, "vmax": span}
-
-    def differences(model: str, eps: float) -> Panel:
-        _, fi, fj = grids[(model, eps)]
-        return diffs[(model, eps)], fi, fj, f"{model} - {baseline}\neps {eps:g}"
-
-    draw("fourier-diff", others, differences, diff_style, f"error difference from {baseline}")
+    diffs = {(m, e): (errors[(m, e)][0] - errors[(baseline, e)][0], *errors[(m, e)][1:3],
+                      f"{m} - {baseline}\neps {e:g}") for m in others for e in eps_values}
+    span = max(float(np.nanmax(np.abs(p[0]))) for p in diffs.values()) or 1e-3
+    _save_grid(folder, "fourier-diff", [[diffs[(m, e)] for m in others] for e in eps_values],
+               {"cmap": "RdBu_r", "vmin": -span, "vmax": span}, f"error difference from {baseline}")

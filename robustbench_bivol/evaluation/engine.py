@@ -46,7 +46,8 @@ class ModelEntry:
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
-        """Top-1 classes of uint8 (B,3,H,W) images, normalised with the checkpoint's mean/std."""
+        """Top-1 classes of (B,3,H,W) images on the 0..255 scale (uint8, or float where a
+        perturbation is kept off the 8-bit grid, as by fourier), normalised with the checkpoint's mean/std."""
         x = (images.float() / 255.0 - self._mean) / self._std
         context = torch.autocast(images.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with context:
