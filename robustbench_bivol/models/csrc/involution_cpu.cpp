@@ -74,6 +74,24 @@ void store(const acc_t* acc, int64_t n, scalar_t* dst) {
   for (int64_t t = 0; t < n; ++t) dst[t] = scalar_t(acc[t]);
 }
 
+// The window [i0, i0 + rows) x [j0, j0 + cols) of a (h, w) plane, zeros outside it, as opmath.
+template <typename scalar_t, typename acc_t>
+void load_window(const scalar_t* plane, int64_t h, int64_t w, int64_t i0, int64_t j0, int64_t rows,
+                 int64_t cols, acc_t* dst) {
+  const int64_t lo = std::clamp<int64_t>(-j0, 0, cols), hi = std::clamp<int64_t>(w - j0, lo, cols);
+  for (int64_t a = 0; a < rows; ++a, dst += cols) {
+    const int64_t i = i0 + a;
+    if (i < 0 || i >= h) {
+      std::fill(dst, dst + cols, acc_t(0));
+      continue;
+    }
+    const scalar_t* src = plane + i * w + j0;
+    std::fill(dst, dst + lo, acc_t(0));
+    for (int64_t e = lo; e < hi; ++e) dst[e] = acc_t(src[e]);
+    std::fill(dst + hi, dst + cols, acc_t(0));
+  }
+}
+
 template <int S, typename scalar_t>
 void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -97,14 +115,12 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
             acc_t acc[V] = {};
-            for (int64_t u = 0; u < g.K; ++u) {
-              const acc_t* xr = &xbuf[(st * r + g.d * u) * wp + st * j0];
+            for (int64_t u = 0; u < g.K; ++u)
               for (int64_t v = 0; v < g.K; ++v) {
                 const acc_t* kr = &kbuf[((u * g.K + v) * n + r) * wv + j0];
-                const acc_t* xv = xr + g.d * v;
+                const acc_t* xv = &xbuf[(st * r + g.d * u) * wp + st * j0 + g.d * v];
                 for (int64_t q = 0; q < V; ++q) acc[q] += kr[q] * xv[st * q];
               }
-            }
             store(acc, std::min(V, g.Wo - j0), orow + r * g.Wo + j0);
           }
       }
@@ -151,10 +167,49 @@ void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk
   });
 }
 
-// grad_x[b, ch, y, :]: for each tap row u with s*i + d*u - pt = y, scatter k * grad_out along the
-// row into a padded row buffer (row-local, so tasks over disjoint input rows never collide).
+// grad_x[b, ch, y, x] = sum_{u,v} k[uv, i, j] * grad_out[ch, i, j] at i = y + pt - d*u, j = x + pl - d*v
+// (stride 1): a gather over blocks of input rows, so no two tasks write the same element. The
+// kernel and grad_out windows are loaded zero-padded, so every tap reads without bounds checks.
+template <typename scalar_t>
+void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* kd = k.data_ptr<scalar_t>();
+  const scalar_t* gd = go.data_ptr<scalar_t>();
+  scalar_t* gxd = gx.data_ptr<scalar_t>();
+  const int64_t span = g.d * (g.K - 1), wg = round_up(g.W) + span, plane = g.Ho * g.Wo;
+  const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb, win = (rb + span) * wg;
+  at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> kbuf(g.KK * win), gbuf(win);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
+      const int64_t y0 = blk * rb, ny = std::min(rb, g.H - y0), i0 = y0 + g.pt - span, j0 = g.pl - span;
+      for (int64_t uv = 0; uv < g.KK; ++uv)  // window row a, column e: output row i0 + a, column j0 + e
+        load_window(kd + (bg * g.KK + uv) * plane, g.Ho, g.Wo, i0, j0, ny + span, wg, &kbuf[uv * win]);
+      for (int64_t c = 0; c < g.gc; ++c) {
+        const int64_t ch = grp * g.gc + c;
+        load_window(gd + (b * g.C + ch) * plane, g.Ho, g.Wo, i0, j0, ny + span, wg, gbuf.data());
+        scalar_t* xplane = gxd + (b * g.C + ch) * g.H * g.W + y0 * g.W;
+        for (int64_t r = 0; r < ny; ++r)
+          for (int64_t x0 = 0; x0 < g.W; x0 += V) {
+            acc_t acc[V] = {};
+            for (int64_t u = 0; u < g.K; ++u)
+              for (int64_t v = 0; v < g.K; ++v) {
+                const int64_t off = (r + span - g.d * u) * wg + x0 + span - g.d * v;
+                const acc_t* kv = &kbuf[(u * g.K + v) * win + off];
+                const acc_t* gv = &gbuf[off];
+                for (int64_t q = 0; q < V; ++q) acc[q] += kv[q] * gv[q];
+              }
+            store(acc, std::min(V, g.W - x0), xplane + r * g.W + x0);
+          }
+      }
+    }
+  });
+}
+
+// Strided grad_x: for each tap row u with s*i + d*u - pt = y, scatter k * grad_out along the row
+// into a padded row buffer (row-local, so tasks over disjoint input rows never collide).
 template <int S, typename scalar_t>
-void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+void grad_input_scatter(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* kd = k.data_ptr<scalar_t>();
   const scalar_t* gd = go.data_ptr<scalar_t>();
@@ -167,7 +222,6 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, y1 = std::min(g.H, y0 + rb);
-      // output rows i with s*i + d*u - pt in [y0, y1) for some u
       const int64_t ia = std::max<int64_t>(0, ceil_div(y0 + g.pt - g.d * (g.K - 1), st));
       const int64_t ib = std::min(g.Ho, (y1 - 1 + g.pt) / st + 1);
       const int64_t ni = std::max<int64_t>(0, ib - ia);
@@ -198,6 +252,12 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
       }
     }
   });
+}
+
+template <int S, typename scalar_t>
+void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+  if constexpr (S == 1) grad_input_gather<scalar_t>(go, k, gx, g);
+  else grad_input_scatter<S, scalar_t>(go, k, gx, g);
 }
 
 void check(const at::Tensor& x, const at::Tensor& k, int64_t K) {
