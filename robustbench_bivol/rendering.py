@@ -116,7 +116,9 @@ def _corrupt_in_batches(clean: torch.Tensor, indices: np.ndarray, name: str, sev
 
 def corruption_grid(image: torch.Tensor, corruption_names: Sequence[str], seed: int = 0,
                     profile: str | None = None) -> torch.Tensor:
-    """A uint8 (3, H', W') grid: one row per corruption, the clean image then severities 1..5."""
+    """A uint8 (3, H', W') grid: one row per corruption, the clean image then severities 1..5, with
+    the corruption named left of each row and the severity above each column (an unlabelled grid
+    of 19 x 6 look-alike tiles cannot be read)."""
     from torchvision.utils import make_grid
 
     tiles = []
@@ -124,4 +126,34 @@ def corruption_grid(image: torch.Tensor, corruption_names: Sequence[str], seed: 
         tiles.append(image)
         for severity in corruptions.SEVERITIES:
             tiles.append(corruptions.corrupt(image, name, severity, seed=seed, indices=[0], profile=profile))
-    return make_grid(torch.stack(tiles), nrow=1 + len(corruptions.SEVERITIES), padding=2, pad_value=255)
+    grid = make_grid(torch.stack(tiles), nrow=1 + len(corruptions.SEVERITIES), padding=GRID_PADDING, pad_value=255)
+    return _labelled(grid, image.shape[-1], list(corruption_names))
+
+
+GRID_PADDING = 2
+
+
+def _labelled(grid: torch.Tensor, tile: int, rows: list[str]) -> torch.Tensor:
+    """``grid`` on a white canvas with ``rows`` written on the left and clean / severity 1..5 on top."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(16, tile // 8)))
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    step = tile + GRID_PADDING
+
+    def width(text: str) -> int:
+        return int(draw.textlength(text, font=font))
+
+    long_names = all(width(f"severity {s}") <= tile for s in corruptions.SEVERITIES)
+    columns = ["clean"] + [f"severity {s}" if long_names else f"s{s}" for s in corruptions.SEVERITIES]
+    height = int(font.getbbox("Ag")[3]) + 2 * GRID_PADDING
+    left = max(width(name) for name in rows) + 3 * GRID_PADDING
+    canvas = Image.new("RGB", (left + grid.shape[2], height + grid.shape[1]), "white")
+    canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (left, height))
+    pen = ImageDraw.Draw(canvas)
+    for j, text in enumerate(columns):
+        pen.text((left + GRID_PADDING + j * step + tile / 2, height / 2), text, fill="black", font=font, anchor="mm")
+    for i, text in enumerate(rows):
+        pen.text((left - GRID_PADDING, height + GRID_PADDING + i * step + tile / 2), text, fill="black", font=font,
+                 anchor="rm")
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()

@@ -111,7 +111,19 @@ def test_show_writes_grid_png(tmp_path: Path, subset) -> None:
     result = CliRunner().invoke(main, ["show", str(source), "--out", str(target), "--size", "32",
                                        "--corruptions", ",".join(NAMES)])
     assert result.exit_code == 0, result.output
-    with Image.open(target) as grid:
-        assert grid.format == "PNG"
-        # make_grid: 6 columns (clean + 5 severities) x one row per corruption, 2 px padding
-        assert grid.size == (6 * (32 + 2) + 2, len(NAMES) * (32 + 2) + 2)
+    with Image.open(target) as png:
+        assert png.format == "PNG"
+        grid = torch.from_numpy(np.array(png.convert("RGB"))).permute(2, 0, 1)
+    # 6 columns (clean + 5 severities) x one row per corruption, 2 px padding, below a header row
+    # (severities) and right of a column of corruption names
+    left, top = grid.shape[2] - (6 * (32 + 2) + 2), grid.shape[1] - (len(NAMES) * (32 + 2) + 2)
+    assert left > 0 and top > 0
+    for row, name in enumerate(NAMES):
+        y = top + 2 + row * 34
+        assert (grid[:, y:y + 32, :left] < 128).any(), f"no label left of row {name}"
+        for column, severity in enumerate((0, *C.SEVERITIES)):
+            x = left + 2 + column * 34
+            expected = images[0] if severity == 0 else C.corrupt(images[0], name, severity, seed=0, indices=[0])
+            assert torch.equal(grid[:, y:y + 32, x:x + 32], expected), (name, severity)
+            if row == 0:
+                assert (grid[:, :top, x:x + 32] < 128).any(), f"no label above column {column}"
