@@ -2,11 +2,16 @@
 
 The basis equals the authors' FFT construction; a model that blurs its input before classifying
 is fragile at low frequencies only (and a horizontal blur only along j); results do not depend on
-the batch size and a stopped run resumes without redoing finished frequencies.
+the batch size or the number of torchrun ranks, and a stopped run resumes without redoing finished
+frequencies.
 """
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,18 +102,45 @@ def _cli(checkpoint, out, *extra):
                                      "--device", "cpu", "--out", str(out), "--no-progress", *extra])
 
 
-def test_same_results_for_batch_sizes_1_and_64(checkpoint, tmp_path):
-    for batch in (1, 64):
-        result = _cli(checkpoint, tmp_path / f"b{batch}", "--batch-size", str(batch))
-        assert result.exit_code == 0, result.output
-    one, many = (tmp_path / "b1" / "fourier.csv").read_text(), (tmp_path / "b64" / "fourier.csv").read_text()
-    assert one == many
-    a, b = store_predictions(tmp_path / "b1"), store_predictions(tmp_path / "b64")
+@pytest.fixture(scope="module")
+def reference(checkpoint, tmp_path_factory):
+    """One plain process, batches of 64."""
+    out = tmp_path_factory.mktemp("fourier-run") / "b64"
+    result = _cli(checkpoint, out, "--batch-size", "64")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _assert_same_run(got, want):
+    assert (got / "fourier.csv").read_text() == (want / "fourier.csv").read_text()
+    a, b = store_predictions(got), store_predictions(want)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    table = pd.read_csv(tmp_path / "b1" / "fourier.csv")
+
+
+def test_same_results_for_batch_sizes_1_and_64(checkpoint, reference, tmp_path):
+    result = _cli(checkpoint, tmp_path / "b1", "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    _assert_same_run(tmp_path / "b1", reference)
+    table = pd.read_csv(reference / "fourier.csv")
     assert list(table.columns) == ["model", "i", "j", "eps", "n", "error"] and len(table) == 1 + 34
     assert table["error"].nunique() > 1  # the heat map is not flat
-    assert {"fourier.png", "fourier.svg", "fourier-resnet20.png"} <= {p.name for p in (tmp_path / "b1").iterdir()}
+    assert {"fourier.png", "fourier.svg", "fourier-resnet20.png"} <= {p.name for p in reference.iterdir()}
+
+
+def test_two_torchrun_ranks_match_one_process(checkpoint, reference, tmp_path):
+    """Shards of 6 of the 12 images: each rank perturbs and evaluates one, rank 0 writes both."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    out = tmp_path / "ranks"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "robustbench_bivol", "fourier",
+                           "-m", f"resnet20={checkpoint}", "--limit", "12", "--stride", "4", "--device", "cpu",
+                           "--shard-size", "6", "--out", str(out), "--no-progress"],
+                          cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(list((out / "cells" / "fourier_4_4_s0").iterdir())) == 2
+    _assert_same_run(out, reference)
 
 
 def test_stopped_run_resumes_without_redoing_frequencies(checkpoint, tmp_path, monkeypatch):
