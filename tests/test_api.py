@@ -114,6 +114,10 @@ def test_module_with_wrong_output_size_is_refused():
         robustbench_bivol.evaluate({"mine": toy(classes=7)}, limit=LIMIT, corruptions=CELLS[0], progress=False)
     with pytest.raises(UsageError, match=r"model 'mine' fails on a 1x3x32x32 input .*give its input size"):
         robustbench_bivol.evaluate({"mine": nn.Linear(5, 10)}, limit=LIMIT, progress=False)
+    with pytest.raises(UsageError, match=r"^the dataset has 10 classes but Sequential predicts 7"):  # one module
+        robustbench_bivol.evaluate(toy(classes=7), limit=LIMIT, progress=False)
+    with pytest.raises(UsageError, match=r"^unknown model 'resnet21'"):  # one spec, not a sequence of letters
+        robustbench_bivol.evaluate("resnet21", progress=False)
 
 
 class PilDataset(torch.utils.data.Dataset):

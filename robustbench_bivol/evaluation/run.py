@@ -24,8 +24,9 @@ from .engine import ModelEntry
 from .loading import bundled_models_for, load_entry, module_entry, native_size
 from .store import Cell, RunStore
 
-#: What ``models`` may be: None (the bundled defaults), CLI specs, or {name: spec or nn.Module}.
-Models = Sequence[str] | Mapping[str, "str | nn.Module"] | None
+#: What ``models`` may be: None (the bundled defaults), CLI specs, {name: spec or nn.Module}, or one
+#: spec or module.
+Models = str | nn.Module | Sequence[str] | Mapping[str, "str | nn.Module"] | None
 
 
 def pick_device(device: str) -> str:
@@ -80,8 +81,13 @@ def default_out(dataset: Any, names: list[str]) -> Path:
 def load_models(models: Models, default_weights: str | None, dataset: Any, *, input_size: int | None = None,
                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> list[ModelEntry]:
     """Entries for ``models``: CLI specs ``NAME[=WEIGHTS]``, or ``{name: spec or nn.Module}`` (the
-    mapping's keys name the results; ``input_size``/``mean``/``std`` apply to modules); None
-    evaluates every model with bundled weights for the built-in dataset."""
+    mapping's keys name the results; ``input_size``/``mean``/``std`` apply to modules), or one spec
+    or module (named after its class); None evaluates every model with bundled weights for the
+    built-in dataset."""
+    if isinstance(models, str):
+        models = [models]
+    elif isinstance(models, nn.Module):
+        models = {type(models).__name__: models}
     keyed = isinstance(models, Mapping)
     named = list(models.items()) if keyed else [(spec, spec) for spec in list(models or []) or bundled_models_for(dataset)]
     if not named:
