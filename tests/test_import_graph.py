@@ -31,8 +31,8 @@ def import_graph(package: str) -> dict[str, set[str]]:
                 if node.level:
                     anchor = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
                     base = ".".join(anchor + ([base] if base else []))
-                targets.add(base)
-                targets.update(f"{base}.{alias.name}" for alias in node.names)
+                for alias in node.names:  # `from pkg import submodule` imports the submodule, not pkg's names
+                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
