@@ -7,7 +7,6 @@ instead of failing the run after hours of evaluation.
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from corruptions.registry import BENCHMARK, EXTRA, GROUPS
 from . import clustered as C
 from . import metrics as M
 from .errors import UsageError
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text
+from .plotstyle import figure, interval_bars, legend, save, styled
+from .plotstyle import figure as _figure, save as _save  # noqa: F401  (fourier_plots and sweep import these)
 
 GROUP_NAMES = (*GROUPS, "extra")
 MEAN_ROW = "mean"
@@ -278,82 +279,108 @@ def study_table(summary: dict[str, Any]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- plots
 
-def _save(fig: Any, plots: Path, stem: str) -> None:
-    for fmt in ("png", "svg"):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
-        atomic_write_bytes(plots / f"{stem}.{fmt}", buffer.getvalue())
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
-def _figure(width: float, height: float) -> Any:
-    """A Figure on the Agg canvas, outside pyplot, so no GUI backend or global state is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")  # no label overlapping a title
-    FigureCanvasAgg(fig)
-    return fig
+def _interval(pair: list[float | None] | None) -> tuple[float, float]:
+    """A summary.json interval (percent, null when unknown) as two floats (NaN when unknown)."""
+    return (math.nan, math.nan) if not pair else (_nan(pair[0]), _nan(pair[1]))
 
 
-def _grouped_bars(ax: Any, frame: pd.DataFrame, ylabel: str) -> None:
-    """Bars grouped by row (x), one colour per column (model)."""
-    x = np.arange(len(frame.index))
-    width = 0.8 / max(len(frame.columns), 1)
-    for i, model in enumerate(frame.columns):
-        ax.bar(x + (i - (len(frame.columns) - 1) / 2) * width, frame[model].to_numpy(dtype=float), width, label=model)
-    ax.set_xticks(x, [str(i) for i in frame.index], rotation=45, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize="small")
-
-
+@styled
 def _plot_severity(tidy: pd.DataFrame, models: list[str], plots: Path) -> None:
     names = [c for c in BENCHMARK + EXTRA if c in set(tidy["corruption"])]
     if not names:
         return
     cols = min(5, len(names))
     rows = math.ceil(len(names) / cols)
-    fig = _figure(3.0 * cols, 2.6 * rows)
+    fig = figure(3.0 * cols, 2.6 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     for ax, name in zip(axes.flat, names):
         for model in models:
             cells = tidy[(tidy["model"] == model) & (tidy["corruption"].isin([name, M.CLEAN]))].sort_values("severity")
             ax.plot(cells["severity"], 100.0 * cells["error"], marker="o", label=model)
-        ax.set_title(name, fontsize="small")
+        ax.set_title(name)
         ax.set_xlabel("severity (0 = clean)")
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("top-1 error (%)")
-    axes.flat[0].legend(fontsize="x-small")
-    _save(fig, plots, "error_vs_severity")
+    legend(axes.flat[0])
+    save(fig, plots, "error_vs_severity")
 
 
-def _plot_ce(tidy: pd.DataFrame, models: list[str], ce: pd.DataFrame, plots: Path) -> None:
-    """Bars of the first CE measure available, else of the unnormalised per-corruption error."""
+def _corruption_ci(tidy: pd.DataFrame, per_sample: M.PerSample, model: str, corruption: str, measure: str | None,
+                   baseline: str | None) -> tuple[float, float]:
+    """95% interval (%) of one corruption's bar: its CE under ``measure`` (None: its unnormalised
+    mean error), from the metrics' own intervals on the cells of that corruption alone."""
+    alone = tidy[tidy["corruption"].isin([corruption, M.CLEAN])]
+    if measure is not None and baseline is not None and measure == M.label_ce_baseline(baseline):
+        low, high = M.baseline_mce_ci(alone, per_sample, model, baseline)  # the baseline's errors vary too
+        return 100.0 * low, 100.0 * high
+    error = M.corruption_errors(tidy, model).get(corruption, math.nan)
+    ci = (M.mean_corruption_error_ci(alone, per_sample, model) if corruption in BENCHMARK
+          else M.group_mean_ci(alone, per_sample, model, "extra"))
+    if measure is None:
+        return 100.0 * ci[0], 100.0 * ci[1]
+    scale = M.alexnet_ce(tidy, model).get(corruption, math.nan) / error if error else math.nan  # a fixed divisor
+    return 100.0 * scale * ci[0], 100.0 * scale * ci[1]
+
+
+@styled
+def _plot_ce(tidy: pd.DataFrame, per_sample: M.PerSample, models: list[str], ce: pd.DataFrame,
+             summary: dict[str, Any], plots: Path) -> None:
+    """Bars of the first CE measure available and its mCE, else of the unnormalised per-corruption
+    error, each with its 95% interval."""
+    baseline = summary.get("baseline")
     if len(ce):
-        measure = ce.index.get_level_values("measure")[0]
-        frame = ce.xs(measure, level="measure").drop(index="mCE")
+        measure: str | None = ce.index.get_level_values("measure")[0]
+        frame = ce.xs(measure, level="measure")
         ylabel = measure
+        mce_label = M.LABEL_MCE_ALEXNET if measure == M.LABEL_CE_ALEXNET else M.label_mce_baseline(baseline)
     else:
+        measure, mce_label = None, None
         table = corruption_error_table(tidy, models)
         frame = table.loc[[c for c in table.index if c in BENCHMARK + EXTRA]]
         ylabel = "mean error over severities (unnormalised, %)"
     if frame.empty:
         return
-    fig = _figure(min(14.0, max(6.0, 0.2 * len(frame) * len(models) + 2)), 4.0)
-    _grouped_bars(fig.add_subplot(), frame, ylabel)
-    _save(fig, plots, "ce_by_corruption")
+    low, high = np.full(frame.shape, math.nan), np.full(frame.shape, math.nan)
+    for j, model in enumerate(models):
+        for i, row in enumerate(frame.index):
+            if row == "mCE":
+                pair = _interval(summary["models"][model].get(f"{mce_label} 95% CI"))
+            elif math.isnan(frame.iloc[i, j]):
+                continue
+            else:
+                pair = _corruption_ci(tidy, per_sample, model, row, measure, baseline)
+            low[i, j], high[i, j] = pair
+    fig = figure(min(14.0, max(6.0, 0.2 * len(frame) * len(models) + 2)), 4.0)
+    interval_bars(fig.add_subplot(), frame.to_numpy(dtype=float), low, high, [str(r) for r in frame.index], models,
+                  ylabel)
+    save(fig, plots, "ce_by_corruption")
 
 
-def _plot_groups(tidy: pd.DataFrame, models: list[str], plots: Path) -> None:
+@styled
+def _plot_groups(tidy: pd.DataFrame, models: list[str], summary: dict[str, Any], plots: Path) -> None:
+    """Group means and the mean over benchmark corruptions, with their 95% intervals."""
     table = corruption_error_table(tidy, models)
-    frame = table.loc[[r for r in table.index if r.endswith("(group mean)") or r.startswith(MEAN_ROW)]]
-    if frame.empty:
+    rows = [r for r in table.index if r.endswith("(group mean)") or r.startswith(MEAN_ROW)]
+    if not rows:
         return
-    frame.index = [r.replace(" (group mean)", "") for r in frame.index]
-    fig = _figure(6.0, 4.0)
-    _grouped_bars(fig.add_subplot(), frame, "mean top-1 error (unnormalised, %)")
-    _save(fig, plots, "group_summary")
+    low, high = np.full((len(rows), len(models)), math.nan), np.full((len(rows), len(models)), math.nan)
+    for j, model in enumerate(models):
+        entry = summary["models"][model]
+        for i, row in enumerate(rows):
+            pair = (entry.get(f"{M.LABEL_MEAN_ERROR} 95% CI") if row.startswith(MEAN_ROW) else
+                    entry.get("group means (unnormalised, %) 95% CI", {}).get(row.replace(" (group mean)", "")))
+            low[i, j], high[i, j] = _interval(pair)
+    fig = figure(6.0, 4.0)
+    interval_bars(fig.add_subplot(), table.loc[rows].to_numpy(dtype=float), low, high,
+                  [r.replace(" (group mean)", "").replace(" corruptions", "") for r in rows], models,
+                  "mean top-1 error (unnormalised, %)")
+    save(fig, plots, "group_summary")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -382,6 +409,6 @@ def write_reports(run_dir: Path, tidy: pd.DataFrame, *, per_sample: dict, baseli
     if models:
         plots = run_dir / "plots"
         _plot_severity(tidy, models, plots)
-        _plot_ce(tidy, models, ce, plots)
-        _plot_groups(tidy, models, plots)
+        _plot_ce(tidy, per_sample, models, ce, summary, plots)
+        _plot_groups(tidy, models, summary, plots)
     return summary
