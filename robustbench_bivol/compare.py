@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import UsageError
 from .evaluation.store import CLEAN, CONFIG_FILE, RunStore
+from .html_report import write_html
 from .io import atomic_write_json, atomic_write_text
 
 #: run.json keys that must agree for results to be comparable.
@@ -118,7 +119,7 @@ def _out_folder(runs: list[dict[str, Any]], out: str | Path | None) -> Path:
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
                  command: str = "") -> tuple[Path, dict[str, Any]]:
-    """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots."""
+    """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots, report.html."""
     from .reports import write_reports
 
     if len(run_dirs) < 2:
@@ -147,13 +148,14 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
     atomic_write_json(out / "runs.json", {"runs": [str(run["path"].resolve()) for run in runs],
                                           "models": summary["runs"],
                                           "config": {k: runs[0]["config"].get(k) for k in SAME_KEYS}})
+    write_html(out)
     return out, summary
 
 
 def compare_seeds(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
                   command: str = "") -> tuple[Path, pd.DataFrame]:
     """Combine runs that each hold one training seed of the same architectures into ``out``:
-    seeds.{csv,md} (one row per architecture and metric) and seeds.json (every number)."""
+    seeds.{csv,md} (one row per architecture and metric), seeds.json (every number) and report.html."""
     from .reports import markdown_table
     from .seeds import method_note, seed_summary, seed_table
 
@@ -174,6 +176,7 @@ def compare_seeds(run_dirs: list[str | Path], out: str | Path | None = None, bas
                                            "runs": [str(run["path"].resolve()) for run in runs],
                                            "units": "fractions (mCE: ratio to the baseline's)",
                                            "method": method_note(), "architectures": summary})
+    write_html(out)
     return out, table
 
 

@@ -66,6 +66,9 @@ def test_compare_merges_suffixes_and_refuses(setup, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] == "resnet20@runA" and set(summary["models"]) == {"resnet20@runA", "resnet20@runB"}
     assert (out / "plots" / "error_vs_severity.png").is_file()
+    report = (out / "report.html").read_text()  # the comparison's page: both runs' models and the runs
+    assert "resnet20@runB" in report and "runs.json" in report and str(tmp_path / "runA") in report
+    assert "<table" in (tmp_path / "runA" / "report.html").read_text()  # and each evaluate run's own
 
     _evaluate(setup, tmp_path / "small", "r20-0.pt", "--limit", "5")
     refused = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "small"), "--out", str(tmp_path / "no")])

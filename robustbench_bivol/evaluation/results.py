@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .. import reports
+from ..html_report import write_html
 from ..io import atomic_write_json
 from .run import add_extras
 
@@ -63,13 +64,15 @@ class Results:
         return reports.study_table(self.summary)
 
     def write_reports(self, folder: str | Path) -> Path:
-        """Write results.csv, corruption_errors, ce, study (CSV and Markdown), summary.json and plots/."""
+        """Write results.csv, corruption_errors, ce, study (CSV and Markdown), summary.json, plots/ and
+        report.html (all of them in one page)."""
         folder = Path(folder)
         summary = reports.write_reports(folder, self.counts, per_sample=self.per_sample, baseline=self.baseline,
                                         alexnet_normalisation=self.alexnet_normalisation, command=self.command)
         if "summary" not in self.__dict__:  # the same figures: keep them rather than compute them twice
             self.__dict__["summary"] = add_extras(summary, skipped=self.skipped, clean_absent=self.clean_absent)
         atomic_write_json(folder / "summary.json", self.summary)
+        write_html(folder)
         return folder
 
     def __str__(self) -> str:
