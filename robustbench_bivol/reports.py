@@ -201,7 +201,8 @@ def build_summary(tidy: pd.DataFrame, per_sample: M.PerSample, baseline: str | N
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A compact terminal table: model, clean error, mean corruption error, one mCE, noise group."""
+    """A compact terminal table: model, clean error, mean corruption error, one mCE, noise group,
+    each as value ± half the width of its 95% interval, so a reader sees which gaps are noise."""
     models = summary.get("models", {})
     baseline = summary.get("baseline")
     candidates = [M.LABEL_MCE_ALEXNET] if summary.get("alexnet_normalisation") else []
@@ -210,19 +211,33 @@ def format_summary(summary: dict[str, Any]) -> str:
     header = ["model", M.LABEL_CLEAN, M.LABEL_MEAN_ERROR] + ([mce_label] if mce_label else []) + [M.label_group("noise")]
     table = [header]
     for name, entry in models.items():
-        values = [entry.get(M.LABEL_CLEAN), entry.get(M.LABEL_MEAN_ERROR)]
-        values += [entry.get(mce_label)] if mce_label else []
-        values += [entry.get("group means (unnormalised, %)", {}).get("noise")]
-        table.append([name] + ["-" if v is None else f"{v:.2f}" for v in values])
+        values = [(entry.get(M.LABEL_CLEAN), entry.get(f"{M.LABEL_CLEAN} 95% CI (Wilson)")),
+                  (entry.get(M.LABEL_MEAN_ERROR), entry.get(f"{M.LABEL_MEAN_ERROR} 95% CI"))]
+        values += [(entry.get(mce_label), entry.get(f"{mce_label} 95% CI"))] if mce_label else []
+        values += [(entry.get("group means (unnormalised, %)", {}).get("noise"),
+                    entry.get("group means (unnormalised, %) 95% CI", {}).get("noise"))]
+        table.append([name] + [_plus_minus(value, ci) for value, ci in values])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    sizes = sorted({e.get("n images") for e in models.values() if e.get("n images")})
+    if sizes:
+        lines.append(f"± half the width of the 95% interval (clean: Wilson; means and mCE: paired delta method); "
+                     f"{'/'.join(map(str, sizes))} images per cell")
     notes = summary.get("notes", [])
     if notes:
         more = f" (and {len(notes) - 1} more note(s) in summary.json)" if len(notes) > 1 else ""
         lines.append(f"note: {notes[0]}{more}")
     return "\n".join(lines)
+
+
+def _plus_minus(value: float | None, ci: list[float | None] | None) -> str:
+    if value is None:
+        return "-"
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} ± {(ci[1] - ci[0]) / 2:.2f}"
 
 
 def _with_ci(value: float | None, ci: list[float | None] | None) -> str:

@@ -11,6 +11,7 @@ from _support import make_checkpoint
 from click.testing import CliRunner
 
 import corruptions
+from robustbench_bivol.api import BUILTIN_DEFAULT_LIMIT
 from robustbench_bivol.cli import main
 from robustbench_bivol.data import BuiltinShapes, balanced_subset
 from robustbench_bivol.models import create_model
@@ -89,6 +90,21 @@ def test_evaluate_default_compares_all_bundled_models(tmp_path):
     assert (clean < 50).all(), clean  # trained weights, far from chance (90%)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] == "resnet20"
+
+
+def test_builtin_default_is_a_balanced_subset_in_its_own_folder(tmp_path, monkeypatch, checkpoint):
+    """Without --limit the built-in dataset is evaluated on BUILTIN_DEFAULT_LIMIT class-balanced
+    images, in a folder named for it, so the full run (--limit 1000) does not collide with it."""
+    monkeypatch.chdir(tmp_path)
+    output = _run(["evaluate", "-m", f"resnet20={checkpoint}", "--corruptions", "gaussian_noise", "--severities", "5",
+                   "--no-progress"])
+    run = tmp_path / "runs" / f"builtin-resnet20-{BUILTIN_DEFAULT_LIMIT}img"
+    tidy = pd.read_csv(run / "results.csv")
+    assert (tidy["n"] == BUILTIN_DEFAULT_LIMIT).all()
+    labels = BuiltinShapes("test", 32, seed=0).labels.numpy()
+    assert json.loads((run / "run.json").read_text())["n_samples"] == len(balanced_subset(labels, BUILTIN_DEFAULT_LIMIT))
+    assert f"{BUILTIN_DEFAULT_LIMIT} images per cell" in output and " ± " in output
+    assert (run / "report.html").is_file()
 
 
 def test_unknown_model_is_one_line_error(tmp_path):

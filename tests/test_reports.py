@@ -86,6 +86,8 @@ def test_small_run_with_baseline(tmp_path):
 
     text = format_summary(summary)
     assert M.LABEL_CLEAN in text and M.label_mce_baseline("static") in text and "bivol" in text
+    low, high = entry[f"{M.LABEL_MEAN_ERROR} 95% CI"]  # each value with half its interval's width
+    assert f"{entry[M.LABEL_MEAN_ERROR]:.2f} ± {(high - low) / 2:.2f}" in text and "60 images per cell" in text
 
 
 def test_clean_only_without_baseline_still_reports(tmp_path):
