@@ -4,6 +4,7 @@
     /work/venv/bin/python benchmarks/ops.py --quick          # small shapes, smoke test (< 3 min)
     /work/venv/bin/python benchmarks/ops.py --device cuda    # on a GPU
     /work/venv/bin/python benchmarks/ops.py --quick --out benchmarks/RESULTS-ops.md
+    /work/venv/bin/python benchmarks/ops.py --threads 1 --clock cpu   # on a machine shared with other jobs
 
 1. Operator table at the ImageNet ResNet-50 stage shapes (C@HxW = 64@56, 128@28, 256@14, 512@7,
    batch 32; --quick: C/4, spatial /2 rounded up, batch 2), every operator C -> C, stride 1:

@@ -3,8 +3,9 @@
 Every class takes ``(in_channels, out_channels, stride)`` first, so a backbone's ``conv3x3``
 factory can return any of them. Dynamic operators compute per-example or per-position kernels
 without Python loops over examples: CondConv and DyConv fold the batch into the groups of one
-grouped convolution; involution accumulates over the K*K kernel offsets (a fixed, small loop)
-instead of materialising the K*K-times larger unfolded input; in eval mode it also generates and
+grouped convolution; involution accumulates over the K*K kernel offsets (one fused C++ pass on
+the CPU, :mod:`.fused_involution`; a fixed, small loop elsewhere) instead of materialising the
+K*K-times larger unfolded input; in eval mode it also generates and
 aggregates its per-position kernels a few output rows at a time (see :class:`Involution2d`).
 """
 from __future__ import annotations
