@@ -275,6 +275,19 @@ def train(**options: Any) -> None:
         click.echo(f"bundled as {bundle_checkpoint(final, bundle_as)}")
 
 
+@main.command("curves")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Figure file; FILE.png and FILE.svg are written (e.g. --out curves.png).")
+@friendly_errors
+def curves_command(runs: tuple[str, ...], out: str) -> None:
+    """Training loss and test accuracy against epoch of `train` folders (RUNS: folders or log CSVs)."""
+    from .curves import plot_curves
+
+    for path in plot_curves(list(runs), out):
+        click.echo(f"wrote {path}")
+
+
 @main.command("models")
 @click.option("--operator", default=None, help="Only models of one operator family.")
 @click.option("--no-flops", is_flag=True, help="Skip the GFLOPs count (it runs every model once).")
