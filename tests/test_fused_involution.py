@@ -46,6 +46,18 @@ def test_forward_and_gradients_equal_the_reference(k, stride, gc, c, channels_la
         torch.testing.assert_close(got, want)
 
 
+def test_two_threads_split_the_work_without_changing_results():
+    """Tasks over (example, group, row block) share no output element: the same result on 2 threads."""
+    x, kernels = _inputs(3, 32, 13, 11, 4, 3, 1)
+    one = involution_aggregate(x, kernels, 3)
+    grads_one = _grads(one, x, kernels)
+    torch.set_num_threads(2)  # the autouse fixture restores one thread
+    two = involution_aggregate(x, kernels, 3)
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    for got, want in zip(_grads(two, x, kernels), grads_one, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k,stride,size", [(3, 1, 5), (3, 2, 6), (7, 1, 4), (7, 2, 5)])
 def test_gradcheck_float64(k, stride, size):
     x, kernels = _inputs(1, 4, size, size + 1, 2, k, stride)
