@@ -2,8 +2,8 @@
 frequencies in the centre as in Yin et al. (2019).
 
 The measured half-plane is mirrored to the full plane (U(i, j) = U(-i, -j)). Every model's map
-shares one colour scale, so colours compare across models; the difference maps (model minus
-baseline) share one symmetric scale.
+shares one colour scale, from the lowest to the highest error of any map, so colours compare
+across models; the difference maps (model minus baseline) share one symmetric scale.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, basel
                                       size, stride)
             clean_part = f", clean {100 * clean[model]:.1f}%" if model in clean else ""
             errors[(model, eps)] = (grid, fi, fj, f"{model}\neps {eps:g}{clean_part}")
-    style = {"cmap": "viridis", "vmin": 0.0, "vmax": max(float(np.nanmax(p[0])) for p in errors.values())}
+    style = {"cmap": "viridis", "vmin": min(float(np.nanmin(p[0])) for p in errors.values()),
+             "vmax": max(float(np.nanmax(p[0])) for p in errors.values())}
     _save_grid(folder, "fourier", [[errors[(m, e)] for m in models] for e in eps_values], style, "top-1 error")
     for model in models:
         _save_grid(folder, f"fourier-{_file_stem(model)}", [[errors[(model, e)]] for e in eps_values], style,
