@@ -50,6 +50,13 @@ STYLE: dict[str, Any] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def font_file() -> str:
+    """The style's font as a file, for figures drawn without matplotlib (the ``show`` grid)."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties(family=STYLE["font.family"]), fallback_to_default=True)
+
+
 def styled(draw: F) -> F:
     """Run ``draw`` (a function that builds and saves figures) under :data:`STYLE`."""
     import matplotlib

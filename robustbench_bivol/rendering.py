@@ -25,6 +25,7 @@ import corruptions
 
 from .errors import UsageError
 from .io import atomic_write_bytes
+from .plotstyle import font_file
 
 LAYOUTS = ("imagenet-c", "cifar-c")
 JPEG_QUALITY = 85
@@ -137,7 +138,7 @@ def _labelled(grid: torch.Tensor, tile: int, rows: list[str]) -> torch.Tensor:
     """``grid`` on a white canvas with ``rows`` written on the left and clean / severity 1..5 on top."""
     from PIL import ImageDraw, ImageFont
 
-    font = ImageFont.load_default(size=max(10, min(16, tile // 8)))
+    font = ImageFont.truetype(font_file(), size=max(10, min(16, tile // 8)))  # the plots' font
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     step = tile + GRID_PADDING
 
