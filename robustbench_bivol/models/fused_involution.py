@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -73,8 +74,21 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "robustbench_bivol" / "ext"
 
 
+def _import_cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, without the line its import logs on CUDA builds of torch
+    run without CUDA ("No CUDA runtime is found"): this CPU build never needs CUDA."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def _build() -> ModuleType:
-    from torch.utils import cpp_extension
+    cpp_extension = _import_cpp_extension()
 
     if not cpp_extension.is_ninja_available():  # the pip package's binary is off PATH without an activated venv
         try:
