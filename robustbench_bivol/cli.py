@@ -208,7 +208,7 @@ def sweep_cli(**options: Any) -> None:
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for inference.")
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder (default runs/fourier-<dataset>-<models>); rerunning resumes it.")
+              help="Run folder (default runs/fourier-<dataset>-<models>[-<N>img]); rerunning resumes it.")
 @click.option("--progress/--no-progress", default=True)
 @friendly_errors
 def fourier_cli(models: tuple[str, ...], default_weights: str | None, eps: str, out: str | None,

@@ -216,7 +216,7 @@ def fourier_heatmap(models: Models = None, dataset: Any = BUILTIN, *, weights: s
                        extra_config={"kind": "fourier", "eps": eps_list, "stride": stride, "size": list(size),
                                      "basis": "yin2019: cos - sin, unit L2 norm per channel"},
                        **({} if shard_size is None else {"shard_size": shard_size}))
-    run_dir = _default_out(dataset, keys) if out is True else Path(out) if out else None
+    run_dir = _default_out(dataset, keys, limit) if out is True else Path(out) if out else None
     with process_group(device) as (rank, _, device):
         store = None
         if rank == 0:
@@ -244,7 +244,7 @@ def _tidy(counts: pd.DataFrame, eps: list[float]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "i", "j", "eps", "n", "error"])
 
 
-def _default_out(dataset: Any, names: list[str]) -> Path:
-    """``runs/fourier-<dataset>-<models>``."""
+def _default_out(dataset: Any, names: list[str], limit: int | None) -> Path:
+    """``runs/fourier-<dataset>-<models>``, plus ``-<N>img`` for a subset (as evaluate's folders)."""
     plain = default_out(dataset, names)
-    return plain.with_name(f"fourier-{plain.name}")
+    return plain.with_name(f"fourier-{plain.name}" + ("" if limit is None else f"-{limit}img"))
