@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fourier import conjugate, frequencies
+from .frequency_grid import conjugate, frequencies
 from .reports import _figure, _save
 
 PANEL = 2.6  # inches per heat map

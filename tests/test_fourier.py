@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from robustbench_bivol import fourier as fourier_module
 from robustbench_bivol.cli import main
 from robustbench_bivol.evaluation.store import RunStore
-from robustbench_bivol.fourier import (conjugate, fourier_basis, fourier_heatmap, frequencies, half_plane, perturb,
-                                       random_signs, representative)
+from robustbench_bivol.fourier import fourier_basis, fourier_heatmap, perturb, random_signs
+from robustbench_bivol.frequency_grid import conjugate, frequencies, half_plane, representative
 
 
 

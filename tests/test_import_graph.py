@@ -59,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["corruptions"])
+@pytest.mark.parametrize("package", ["corruptions", "robustbench_bivol"])
 def test_no_import_cycles(package):
     cycle = find_cycle(import_graph(package))
     assert cycle is None, " -> ".join(cycle)
