@@ -34,6 +34,17 @@ def test_reopen_same_config_resumes_and_other_config_is_refused(tmp_path):
         RunStore.open(tmp_path, {"models": {"m": "builtin"}, "seed": 1})
 
 
+def test_a_run_resumes_with_its_data_folder_elsewhere(tmp_path):
+    config = {"dataset": "folder:/work/cache/cifar10-jpg/test", "n_samples": 10, "seed": 0}
+    RunStore.open(tmp_path, config)
+    RunStore.open(tmp_path, {**config, "dataset": "folder:/home/me/data/cifar10-jpg/test"})
+    for other in ("folder:/work/cache/cifar10-jpg/train", "imagenet-c:/work/cache/cifar10-jpg/test", "builtin"):
+        with pytest.raises(UsageError, match="differs in: dataset"):
+            RunStore.open(tmp_path, {**config, "dataset": other})
+    with pytest.raises(UsageError, match="differs in: n_samples"):
+        RunStore.open(tmp_path, {**config, "dataset": "folder:/elsewhere/cifar10-jpg/test", "n_samples": 9})
+
+
 def test_unwritable_folder_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -29,6 +29,20 @@ class CellResult:
     predictions: dict[str, np.ndarray]
 
 
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration as it must match to resume: a dataset read from a folder is named by its
+    kind and the last two parts of its path (``folder:cifar10-jpg/test``), so a run folder resumes
+    with the data extracted elsewhere; the sample count and the digest of the sample indices still
+    have to match."""
+    def located(name: Any) -> Any:
+        kind, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not (sep and rest.startswith("/")):
+            return name
+        return f"{kind}:{'/'.join(Path(rest).parts[-2:])}"
+
+    return {k: located(v) if k in ("dataset", "clean_dataset") else v for k, v in config.items()}
+
+
 class RunStore:
     """A run folder: ``run.json`` (configuration) and ``cells/<corruption>_s<severity>/shard-*.npz``."""
 
@@ -50,8 +64,9 @@ class RunStore:
         path = root / CONFIG_FILE
         if path.exists():
             stored = json.loads(path.read_text())
-            if stored != config:
-                differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            if _comparable(stored) != _comparable(config):
+                differing = sorted(k for k in set(stored) | set(config)
+                                   if _comparable(stored).get(k) != _comparable(config).get(k))
                 raise UsageError(
                     f"{root} holds a run with another configuration (differs in: {', '.join(differing)}); "
                     "rerun with the same options to resume, or choose another --out folder."
