@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .frequency_grid import conjugate, frequencies
-from .reports import _figure, _save
+from .plotstyle import figure, save, styled
 
 PANEL = 2.6  # inches per heat map
 Panel = tuple[np.ndarray, list[int], list[int], str]  # grid, its row and column frequencies, title
@@ -40,10 +40,10 @@ def _panel(ax: Any, grid: np.ndarray, fi: list[int], fj: list[int], title: str, 
     step_j = fj[1] - fj[0] if len(fj) > 1 else 1
     extent = (fj[0] - step_j / 2, fj[-1] + step_j / 2, fi[0] - step_i / 2, fi[-1] + step_i / 2)
     image = ax.imshow(grid, origin="lower", extent=extent, interpolation="nearest", **style)
-    ax.set_title(title, fontsize="small")
-    ax.set_xlabel("horizontal frequency j", fontsize="x-small")
-    ax.set_ylabel("vertical frequency i", fontsize="x-small")
-    ax.tick_params(labelsize="x-small")
+    ax.set_title(title)
+    ax.set_xlabel("horizontal frequency j")
+    ax.set_ylabel("vertical frequency i")
+    ax.grid(False)  # the style's grid lines would cross the map
     return image
 
 
@@ -53,15 +53,16 @@ def _file_stem(model: str) -> str:
 
 def _save_grid(folder: Path, stem: str, panels: list[list[Panel]], style: dict[str, Any], label: str) -> None:
     """One figure of heat maps (rows x columns of panels) with one colour bar."""
-    fig = _figure(PANEL * len(panels[0]) + 0.8, PANEL * len(panels))
+    fig = figure(PANEL * len(panels[0]) + 0.8, PANEL * len(panels))
     axes = fig.subplots(len(panels), len(panels[0]), squeeze=False)
     for row, ax_row in zip(panels, axes):
         for (grid, fi, fj, title), ax in zip(row, ax_row):
             image = _panel(ax, grid, fi, fj, title, **style)
     fig.colorbar(image, ax=axes, shrink=0.8, label=label)
-    _save(fig, folder, stem)
+    save(fig, folder, stem)
 
 
+@styled
 def plot_heatmaps(table: pd.DataFrame, size: tuple[int, int], stride: int, baseline: str, folder: Path) -> None:
     """fourier.{png,svg} (every model, one row per eps), fourier-<model>.{png,svg} (one model),
     and fourier-diff.{png,svg} (each other model minus ``baseline``)."""

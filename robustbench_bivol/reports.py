@@ -21,7 +21,6 @@ from . import metrics as M
 from .errors import UsageError
 from .io import atomic_write_json, atomic_write_text
 from .plotstyle import figure, interval_bars, legend, save, styled
-from .plotstyle import figure as _figure, save as _save  # noqa: F401  (fourier_plots and sweep import these)
 
 GROUP_NAMES = (*GROUPS, "extra")
 MEAN_ROW = "mean"

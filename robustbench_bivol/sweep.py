@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .errors import UsageError
 from .io import atomic_write_text
+from .plotstyle import figure, legend, save, styled
 
 #: Corruptions whose op takes one scalar parameter, with its meaning and the clean value.
 SWEEPABLE: dict[str, tuple[str, float | None]] = {
@@ -127,25 +128,23 @@ def run_sweep(entries: Sequence[Any], dataset: Any, indices: np.ndarray, grids: 
     return pd.DataFrame(rows, columns=["corruption", "model", "parameter", "n", "correct", "accuracy"]), skipped
 
 
+@styled
 def plot_sweep(table: pd.DataFrame, out: Path) -> None:
     """Accuracy against the parameter, one panel per corruption and one line per model, on a
     shared accuracy axis: sweep.png and sweep.svg."""
-    from .reports import _figure, _save
-
     corruptions = list(dict.fromkeys(table["corruption"]))
-    fig = _figure(1.0 + 4.5 * len(corruptions), 4.0)
+    fig = figure(1.0 + 4.5 * len(corruptions), 4.0)
     axes = fig.subplots(1, len(corruptions), sharey=True, squeeze=False)[0]
     for ax, corruption in zip(axes, corruptions):
         for model, rows in table[table["corruption"] == corruption].groupby("model", sort=False):
             ax.plot(rows["parameter"], 100.0 * rows["accuracy"], marker="o", markersize=3, label=model)
         if corruption == "shot_noise":
             ax.set_xscale("log")
-        ax.set_xlabel(f"{corruption}: {SWEEPABLE[corruption][0]}", fontsize="small")
-        ax.set_title(f"{corruption} sweep (n = {int(table['n'].iloc[0]) if len(table) else 0})", fontsize="small")
-        ax.grid(alpha=0.3)
+        ax.set_xlabel(f"{corruption}: {SWEEPABLE[corruption][0]}")
+        ax.set_title(f"{corruption} sweep (n = {int(table['n'].iloc[0]) if len(table) else 0})")
     axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[-1].legend(fontsize="small")
-    _save(fig, out, "sweep")
+    legend(axes[-1])
+    save(fig, out, "sweep")
 
 
 def sweep_command(*, models: tuple[str, ...], default_weights: str | None, dataset: str, split: str,
