@@ -11,10 +11,10 @@ from typing import Any
 from .data import BUILTIN, balanced_subset, dataset_labels, is_prerendered, open_dataset
 from .distributed import process_group
 from .errors import UsageError
-from .evaluation.engine import BAD_IMAGE_POLICIES, EvalPlan
+from .evaluation.engine import EvalPlan
 from .evaluation.engine import evaluate as run_engine
 from .evaluation.results import Results
-from .evaluation.run import (Models, check_classes, collect, default_out, load_models, open_for_models,
+from .evaluation.run import (Models, check_classes, check_engine_options, collect, default_out, load_models, open_for_models,
                              pick_device, sample_name, select_cells, static_baseline)
 from .evaluation.store import MemoryStore, RunStore
 
@@ -58,17 +58,12 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
     """
     if isinstance(dataset, Path):
         dataset = str(dataset)
-    if batch_size < 1 or workers < 0 or (shard_size is not None and shard_size < 1):
-        raise UsageError("--batch-size and --shard-size must be >= 1 and --workers >= 0")
+    check_engine_options(batch_size, workers, shard_size, on_bad_image)
     if profile not in PROFILES:
         raise UsageError(f"profile must be one of {', '.join(PROFILES)}, got '{profile}'")
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise UsageError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got '{on_bad_image}'")
     device = pick_device(device)
-    entries = load_models(models, weights, dataset, input_size=input_size, mean=mean, std=std)
+    entries = load_models(models, weights, dataset, baseline=baseline, input_size=input_size, mean=mean, std=std)
     keys = [entry.name for entry in entries]
-    if baseline is not None and baseline not in keys:
-        raise UsageError(f"--baseline {baseline} is not among the evaluated models ({', '.join(keys)})")
     size = entries[0].meta.input_size
     data = open_for_models(dataset, entries, split=split, seed=seed)
     corruption_names, severity_list = select_cells(data, corruptions, severities)

@@ -31,9 +31,9 @@ import torch
 from .data import BUILTIN, balanced_subset, dataset_labels, is_prerendered
 from .distributed import process_group
 from .errors import UsageError
-from .evaluation.engine import BAD_IMAGE_POLICIES, CorruptOnTheFly, EvalPlan, Shard
+from .evaluation.engine import CorruptOnTheFly, EvalPlan, Shard
 from .evaluation.engine import evaluate as run_engine
-from .evaluation.run import (Models, collect, default_out, load_models, open_for_models, pick_device,
+from .evaluation.run import (Models, check_engine_options, collect, default_out, load_models, open_for_models, pick_device,
                              static_baseline)
 from .evaluation.store import CLEAN, Cell, MemoryStore, RunStore
 from .frequency_grid import half_plane, representative
@@ -170,15 +170,12 @@ def fourier_heatmap(models: Models = None, dataset: Any = BUILTIN, *, weights: s
     eps_list = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
     if not eps_list or min(eps_list) <= 0:
         raise UsageError(f"--eps must be > 0, got {eps}")
-    if stride < 1 or batch_size < 1 or workers < 0 or (shard_size is not None and shard_size < 1):
-        raise UsageError("--stride, --batch-size and --shard-size must be >= 1 and --workers >= 0")
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise UsageError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got '{on_bad_image}'")
+    if stride < 1:
+        raise UsageError(f"--stride must be >= 1, got {stride}")
+    check_engine_options(batch_size, workers, shard_size, on_bad_image)
     device = pick_device(device)
-    entries = load_models(models, weights, dataset, input_size=input_size, mean=mean, std=std)
+    entries = load_models(models, weights, dataset, baseline=baseline, input_size=input_size, mean=mean, std=std)
     keys = [entry.name for entry in entries]
-    if baseline is not None and baseline not in keys:
-        raise UsageError(f"--baseline {baseline} is not among the models ({', '.join(keys)})")
     data = open_for_models(dataset, entries, split=split, seed=seed)
     if is_prerendered(data):
         raise UsageError("fourier perturbs clean images: give a clean dataset, not a pre-rendered one")

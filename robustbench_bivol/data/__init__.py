@@ -11,10 +11,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..errors import DatasetError, UsageError
+from ..errors import DatasetError
 from .builtin import BuiltinShapes
 from .folder import ImageFolderDataset
-from .subsets import LimitError, balanced_subset, dataset_labels
+from .subsets import balanced_subset, dataset_labels
 
 BUILTIN = "builtin"
 

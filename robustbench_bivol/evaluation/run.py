@@ -20,7 +20,7 @@ import corruptions
 from ..data import BUILTIN, align_classes, is_prerendered, open_dataset
 from ..data.torch_dataset import TorchDataset, is_torch_dataset
 from ..errors import UsageError
-from .engine import ModelEntry
+from .engine import BAD_IMAGE_POLICIES, ModelEntry
 from .loading import bundled_models_for, load_entry, module_entry, native_size
 from .store import Cell, RunStore
 
@@ -78,12 +78,21 @@ def default_out(dataset: Any, names: list[str]) -> Path:
     return Path("runs") / slug
 
 
-def load_models(models: Models, default_weights: str | None, dataset: Any, *, input_size: int | None = None,
-                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> list[ModelEntry]:
+def check_engine_options(batch_size: int, workers: int, shard_size: int | None, on_bad_image: str) -> None:
+    """The options every engine run (evaluate, fourier) takes, checked before any model loads."""
+    if batch_size < 1 or workers < 0 or (shard_size is not None and shard_size < 1):
+        raise UsageError("--batch-size and --shard-size must be >= 1 and --workers >= 0")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise UsageError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got '{on_bad_image}'")
+
+
+def load_models(models: Models, default_weights: str | None, dataset: Any, *, baseline: str | None = None,
+                input_size: int | None = None, mean: tuple[float, ...] | None = None,
+                std: tuple[float, ...] | None = None) -> list[ModelEntry]:
     """Entries for ``models``: CLI specs ``NAME[=WEIGHTS]``, or ``{name: spec or nn.Module}`` (the
     mapping's keys name the results; ``input_size``/``mean``/``std`` apply to modules), or one spec
     or module (named after its class); None evaluates every model with bundled weights for the
-    built-in dataset."""
+    built-in dataset. A ``baseline`` must be one of them."""
     if isinstance(models, str):
         models = [models]
     elif isinstance(models, nn.Module):
@@ -109,6 +118,8 @@ def load_models(models: Models, default_weights: str | None, dataset: Any, *, in
     keys = [entry.name for entry in entries]
     if len(set(keys)) != len(keys):
         raise UsageError(f"the same model is given twice: {', '.join(keys)}")
+    if baseline is not None and baseline not in keys:
+        raise UsageError(f"--baseline {baseline} is not among the evaluated models ({', '.join(keys)})")
     sizes = {(entry.meta.input_size, entry.meta.resize) for entry in entries}
     if len(sizes) != 1:
         shown = ", ".join(f"{e.name}: {e.meta.input_size} px" + (f" (resize {e.meta.resize})" if e.meta.resize else "")
