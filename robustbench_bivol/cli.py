@@ -155,13 +155,23 @@ def compare_command(runs: tuple[str, ...], out: str | None, baseline: str | None
     click.echo(f"wrote {target}")
 
 
+def _models_on_clean_images(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The model and dataset options of the commands that perturb clean images (sweep, fourier)."""
+    options = [
+        click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
+                     help="Model to evaluate (repeatable), as for evaluate. Default: every bundled model for the dataset."),
+        click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'."),
+        click.option("--dataset", default="builtin", show_default=True, help="'builtin', cifar10:ROOT or an ImageFolder."),
+        click.option("--split", default="test", show_default=True),
+        click.option("--limit", type=int, default=None, help="A class-balanced subset of N images."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("sweep")
-@click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
-              help="Model to evaluate (repeatable). Default: every bundled model for the dataset.")
-@click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
-@click.option("--dataset", default="builtin", show_default=True, help="'builtin', cifar10:ROOT or an ImageFolder.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
+@_models_on_clean_images
 @click.option("--corruption", required=True,
               help="gaussian_noise (sigma), shot_noise (photons), impulse_noise (amount), speckle_noise (sigma), "
                    "band_noise_low/_mid/_high (RMS of band-limited noise), comma-separated; band_noise: all "
@@ -188,12 +198,7 @@ def sweep_cli(**options: Any) -> None:
 
 
 @main.command("fourier")
-@click.option("--model", "-m", "models", multiple=True, metavar="NAME[=WEIGHTS]",
-              help="Model to evaluate (repeatable), as for evaluate. Default: every bundled model for the dataset.")
-@click.option("--weights", "default_weights", default=None, help="Weights for models given without '=WEIGHTS'.")
-@click.option("--dataset", default="builtin", show_default=True, help="'builtin', cifar10:ROOT or an ImageFolder.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--limit", type=int, default=None, help="A class-balanced subset of N images.")
+@_models_on_clean_images
 @click.option("--eps", "eps", default="4", show_default=True,
               help="L2 norm of each channel's perturbation (images in [0, 1]); comma-separated for several. "
                    "4 is Yin et al.'s CIFAR-10 value.")
