@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from .data import BUILTIN, balanced_subset, dataset_labels, is_prerendered, open_dataset
-from .distributed import process_group
 from .errors import UsageError
 from .evaluation.engine import EvalPlan
-from .evaluation.engine import evaluate as run_engine
 from .evaluation.results import Results
-from .evaluation.run import (Models, check_classes, check_engine_options, collect, default_out, load_models, open_for_models,
-                             pick_device, sample_name, select_cells, static_baseline)
-from .evaluation.store import MemoryStore, RunStore
+from .evaluation.run import (Models, check_classes, check_engine_options, collect, load_models, open_for_models,
+                             pick_device, run_folder, run_on_ranks, sample_name, select_cells, static_baseline)
 
 PROFILES = ("auto", "imagenet", "tinyimagenet", "cifar")
 #: Images of the built-in dataset evaluated when no limit is given: a class-balanced fifth of its
@@ -86,15 +83,10 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
                     profile=None if profile == "auto" else profile, jpeg_quality=85 if jpeg else None,
                     extra_config=extra, include_clean=include_clean,
                     **({} if shard_size is None else {"shard_size": shard_size}))
-    run_dir = _default_folder(dataset, keys, limit) if out is True else Path(out) if out else None
-    with process_group(device) as (rank, _, device):
-        store = None
-        if rank == 0:
-            config = plan.config(entries)
-            store = RunStore.open(run_dir, config) if run_dir else MemoryStore(config)
-        run_engine(plan, entries, data, store, device=device, batch_size=batch_size, workers=workers, amp=amp,
-                   progress=progress, on_bad_image=on_bad_image)
-    if rank != 0:  # rank 0 alone holds the results
+    run_dir = run_folder(out, dataset, keys, limit)
+    store = run_on_ranks(plan, entries, data, run_dir, device, batch_size=batch_size, workers=workers, amp=amp,
+                         progress=progress, on_bad_image=on_bad_image)
+    if store is None:  # rank 0 alone holds the results
         return None
     counts, per_sample, skipped = collect(store, plan.cells, len(plan.shards), keys, plan.indices)
     results = Results(counts=counts, per_sample=per_sample, baseline=baseline or static_baseline(entries),
@@ -104,10 +96,3 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
     if run_dir:
         results.write_reports(run_dir)
     return results
-
-
-def _default_folder(dataset: Any, keys: list[str], limit: int | None) -> Path:
-    """``runs/<dataset>-<models>``, plus ``-<N>img`` for a subset: the default 200-image run and the
-    full one are different runs, and a run folder refuses a second configuration."""
-    folder = default_out(dataset, keys)
-    return folder if limit is None else folder.with_name(f"{folder.name}-{limit}img")

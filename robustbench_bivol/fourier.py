@@ -29,13 +29,11 @@ import pandas as pd
 import torch
 
 from .data import BUILTIN, balanced_subset, dataset_labels, is_prerendered
-from .distributed import process_group
 from .errors import UsageError
 from .evaluation.engine import CorruptOnTheFly, EvalPlan, Shard
-from .evaluation.engine import evaluate as run_engine
-from .evaluation.run import (Models, check_engine_options, collect, default_out, load_models, open_for_models, pick_device,
-                             static_baseline)
-from .evaluation.store import CLEAN, Cell, MemoryStore, RunStore
+from .evaluation.run import (Models, check_engine_options, collect, load_models, open_for_models, pick_device,
+                             run_folder, run_on_ranks, static_baseline)
+from .evaluation.store import CLEAN, Cell
 from .frequency_grid import half_plane, representative
 from .io import atomic_write_text
 
@@ -185,15 +183,10 @@ def fourier_heatmap(models: Models = None, dataset: Any = BUILTIN, *, weights: s
                        extra_config={"kind": "fourier", "eps": eps_list, "stride": stride, "size": list(size),
                                      "basis": "yin2019: cos - sin, unit L2 norm per channel"},
                        **({} if shard_size is None else {"shard_size": shard_size}))
-    run_dir = _default_out(dataset, keys, limit) if out is True else Path(out) if out else None
-    with process_group(device) as (rank, _, device):
-        store = None
-        if rank == 0:
-            config = plan.config(entries)
-            store = RunStore.open(run_dir, config) if run_dir else MemoryStore(config)
-        source = FourierSource(data, size, seed, on_bad_image=on_bad_image, workers=workers)
-        run_engine(plan, entries, source, store, device=device, batch_size=batch_size, amp=amp, progress=progress)
-    if rank != 0:
+    run_dir = run_folder(out, dataset, keys, limit, kind="fourier")
+    source = FourierSource(data, size, seed, on_bad_image=on_bad_image, workers=workers)
+    store = run_on_ranks(plan, entries, source, run_dir, device, batch_size=batch_size, amp=amp, progress=progress)
+    if store is None:  # rank 0 alone holds the results
         return None
     counts, _, _ = collect(store, plan.cells, len(plan.shards), keys, plan.indices)
     results = FourierResults(_tidy(counts, eps_list), size, stride, baseline or static_baseline(entries) or keys[0],
@@ -211,9 +204,3 @@ def _tidy(counts: pd.DataFrame, eps: list[float]) -> pd.DataFrame:
         rows.append({"model": row.model, "i": i, "j": j, "eps": 0.0 if clean else eps[row.severity],
                      "n": row.n, "error": row.error})
     return pd.DataFrame(rows, columns=["model", "i", "j", "eps", "n", "error"])
-
-
-def _default_out(dataset: Any, names: list[str], limit: int | None) -> Path:
-    """``runs/fourier-<dataset>-<models>``, plus ``-<N>img`` for a subset (as evaluate's folders)."""
-    plain = default_out(dataset, names)
-    return plain.with_name(f"fourier-{plain.name}" + ("" if limit is None else f"-{limit}img"))

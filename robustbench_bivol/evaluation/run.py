@@ -20,9 +20,11 @@ import corruptions
 from ..data import BUILTIN, align_classes, is_prerendered, open_dataset
 from ..data.torch_dataset import TorchDataset, is_torch_dataset
 from ..errors import UsageError
+from ..distributed import process_group
 from .engine import BAD_IMAGE_POLICIES, ModelEntry
+from .engine import evaluate as run_engine
 from .loading import bundled_models_for, load_entry, module_entry, native_size
-from .store import Cell, RunStore
+from .store import Cell, MemoryStore, RunStore
 
 #: What ``models`` may be: None (the bundled defaults), CLI specs, {name: spec or nn.Module}, or one
 #: spec or module.
@@ -68,14 +70,34 @@ def parse_severities(value: str | Sequence[int]) -> list[int]:
         raise UsageError(f"--severities: {exc}") from None
 
 
-def default_out(dataset: Any, names: list[str]) -> Path:
-    """``runs/<dataset>-<models>``, the CLI's default run folder."""
+def run_folder(out: str | Path | bool | None, dataset: Any, names: list[str], limit: int | None,
+               kind: str = "") -> Path | None:
+    """Where a run is stored: ``out`` itself; for ``out=True`` the default
+    ``runs/[<kind>-]<dataset>-<models>[-<N>img]`` (a subset is a run of its own: a run folder
+    refuses a second configuration); None or False: nowhere, the run stays in memory."""
+    if not out:
+        return None
+    if out is not True:
+        return Path(out)
     if isinstance(dataset, str):
         stem = "builtin" if dataset == BUILTIN else Path(dataset.split(":", 1)[-1]).name or "dataset"
     else:
         stem = type(dataset).__name__
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{'+'.join(names)}")[:120]
-    return Path("runs") / slug
+    return Path("runs") / ((f"{kind}-" if kind else "") + slug + ("" if limit is None else f"-{limit}img"))
+
+
+def run_on_ranks(plan: Any, entries: list[ModelEntry], source: Any, folder: Path | None, device: str,
+                 **engine_options: Any) -> RunStore | MemoryStore | None:
+    """Run the engine on this process (one rank of a torchrun job, or alone). Rank 0 opens the
+    store (``folder``, or memory) and returns it, filled; other ranks return None."""
+    with process_group(device) as (rank, _, device):
+        store = None
+        if rank == 0:
+            config = plan.config(entries)
+            store = RunStore.open(folder, config) if folder else MemoryStore(config)
+        run_engine(plan, entries, source, store, device=device, **engine_options)
+    return store if rank == 0 else None
 
 
 def check_engine_options(batch_size: int, workers: int, shard_size: int | None, on_bad_image: str) -> None:
