@@ -60,7 +60,8 @@ class Results:
     @cached_property
     def study(self) -> pd.DataFrame:
         """One row per model: params, GFLOPs, clean accuracy, mean corruption error, mCE, noise error
-        (with 95% intervals) and McNemar p-values against the baseline."""
+        (with 95% intervals), and differences from the baseline clustered by image (bootstrap
+        interval, sign-flip p-value)."""
         return reports.study_table(self.summary)
 
     def write_reports(self, folder: str | Path) -> Path:
