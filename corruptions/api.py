@@ -2,7 +2,7 @@
 
 The output for an image depends only on (seed, index, corruption, severity) — and on the profile
 and backend — never on the batch it came in, the batch size or the device order, because every
-image gets its own random stream (:mod:`corruptions.seeding`).
+image gets its own random stream (:mod:`corruptions.philox`).
 
 Conversion back to uint8: :func:`corruptions.levels.to_uint8`.
 """
@@ -16,7 +16,7 @@ from .jpeg import jpeg_round_trip
 from .levels import to_uint8
 from .profiles import resolve_profile
 from .registry import UnknownCorruptionError, validate, validate_severity
-from .seeding import torch_generator
+from .philox import Streams
 
 BACKENDS = ("torch", "reference")
 
@@ -88,18 +88,18 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
 
         impl = IMPLEMENTATIONS[name]
         c = impl.param(profile, severity)
-        # Every image has its own generator and the ops are per image, so splitting the batch
+        # Every image has its own stream and the ops are per image, so splitting the batch
         # into chunks (CPU only, see _CPU_CHUNK_ELEMENTS) cannot change any image's output.
+        streams = Streams.for_images(seed, indices, name, severity)
         parts = []
         with torch.no_grad():
             spans = [(0, n)] if impl.per_image else _chunks(n, batch[0].numel(), batch.device)
             for lo, hi in spans:
-                generators = [torch_generator(seed, i, name, severity) for i in indices[lo:hi]]
                 if impl.fn_uint8 is not None:
-                    parts.append(impl.fn_uint8(batch[lo:hi], c, generators))
+                    parts.append(impl.fn_uint8(batch[lo:hi], c, streams[lo:hi]))
                     continue
                 x = batch[lo:hi].to(torch.float32).div_(255)
-                y = impl.fn(x, c, generators)
+                y = impl.fn(x, c, streams[lo:hi])
                 parts.append(to_uint8(y, inplace=y._base is None))  # y is fresh (or x)
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if jpeg_quality is not None and n:

@@ -1,14 +1,15 @@
 """Per-image random streams that depend only on (seed, sample index, corruption, severity).
 
 Hashing the tuple (rather than drawing from one global stream) is what makes a corrupted image
-independent of batch size, batch composition, worker count and distributed rank.
+independent of batch size, batch composition, worker count and distributed rank. The hash keys
+the torch backend's Philox streams (:mod:`corruptions.philox`) and seeds the reference backend's
+NumPy generators.
 """
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
-import torch
 
 
 def sample_seed(seed: int, index: int, corruption: str, severity: int) -> int:
@@ -20,8 +21,3 @@ def sample_seed(seed: int, index: int, corruption: str, severity: int) -> int:
 def numpy_rng(seed: int, index: int, corruption: str, severity: int) -> np.random.Generator:
     """A NumPy generator for one image (used by the reference backend)."""
     return np.random.default_rng(sample_seed(seed, index, corruption, severity))
-
-
-def torch_generator(seed: int, index: int, corruption: str, severity: int) -> torch.Generator:
-    """A CPU torch generator for one image (random numbers are drawn on the CPU, then moved)."""
-    return torch.Generator().manual_seed(sample_seed(seed, index, corruption, severity))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .io import atomic_write_text
 
 #: Yin et al. (2019) perturb CIFAR-10 with Fourier basis noise of L2 norm 4 (images in [0, 1]).
 DEFAULT_EPS = 4.0
-SIGN_STREAM = "fourier"  # the corruption key of the per-image sign streams (corruptions.seeding)
+SIGN_STREAM = "fourier"  # the corruption key of the per-image sign streams (corruptions.philox)
 _PREFIX = "fourier_"
 
 
@@ -58,11 +59,10 @@ def fourier_basis(height: int, width: int, i: int, j: int) -> torch.Tensor:
 def random_signs(seed: int, indices: np.ndarray, height: int, width: int) -> torch.Tensor:
     """int8 (N, 3, H, W): the sign r of each image, channel and frequency (i mod H, j mod W),
     drawn from the image's own stream, so it depends on (seed, index, frequency, channel) only."""
-    from corruptions.seeding import torch_generator
+    from corruptions.philox import Streams
 
-    signs = torch.empty(len(indices), 3, height, width, dtype=torch.int64)
-    for row, index in zip(signs, indices):
-        torch.randint(0, 2, (3, height, width), generator=torch_generator(seed, int(index), SIGN_STREAM, 0), out=row)
+    words = Streams.for_images(seed, indices, SIGN_STREAM, 0).words(3 * height * width, 0)
+    signs = (words >> 31).view(len(indices), 3, height, width)  # the top bit of each word
     return signs.mul_(2).sub_(1).to(torch.int8)
 
 
@@ -111,10 +111,10 @@ class FourierSource(CorruptOnTheFly):
         super().__init__(dataset, **kwargs)
         self.size, self.seed = size, seed
 
-    def load(self, indices: np.ndarray) -> Shard:
-        shard = super().load(indices)
-        return _SignedShard(shard.indices, shard.labels, shard.images, shard.skipped,
-                            random_signs(self.seed, shard.indices, *self.size))
+    def shards(self, parts: Sequence[np.ndarray], device: torch.device) -> Iterator[Shard]:
+        for shard in super().shards(parts, device):
+            yield _SignedShard(shard.indices, shard.labels, shard.images, shard.skipped,
+                               random_signs(self.seed, shard.indices, *self.size))
 
     def cell_batch(self, shard: Shard, start: int, stop: int, cell: Cell, plan: EvalPlan,
                    device: torch.device) -> tuple[torch.Tensor, np.ndarray | None]:

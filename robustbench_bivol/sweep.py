@@ -68,7 +68,7 @@ def parameter_grid(corruption: str, maximum: float, steps: int, minimum: float |
     return np.linspace(minimum, maximum, steps)
 
 
-def _op(corruption: str) -> Callable[[torch.Tensor, float, list[torch.Generator]], torch.Tensor]:
+def _op(corruption: str) -> Callable[[torch.Tensor, float, Any], torch.Tensor]:
     from corruptions.ops import IMPLEMENTATIONS
     from corruptions.ops.bandlimited import band_noise
 
@@ -80,13 +80,13 @@ def _op(corruption: str) -> Callable[[torch.Tensor, float, list[torch.Generator]
 def sweep_images(images: torch.Tensor, indices: Sequence[int], corruption: str, c: float, seed: int = 0) -> torch.Tensor:
     """uint8 (B,3,H,W) images corrupted with the op of ``corruption`` at parameter ``c``."""
     from corruptions.api import to_uint8
-    from corruptions.seeding import torch_generator
+    from corruptions.philox import Streams
 
     if SWEEPABLE[corruption][1] is not None and c == SWEEPABLE[corruption][1]:
         return images
-    generators = [torch_generator(seed, int(i), corruption, SWEEP_SEVERITY_KEY) for i in indices]
+    streams = Streams.for_images(seed, indices, corruption, SWEEP_SEVERITY_KEY)
     with torch.no_grad():
-        y = _op(corruption)(images.to(torch.float32) / 255, float(c), generators)
+        y = _op(corruption)(images.to(torch.float32) / 255, float(c), streams)
     return to_uint8(y)
 
 

@@ -10,7 +10,7 @@ import torch
 from _support import SIZE, BlurThenDetect, GreyImages
 
 from corruptions.ops.bandlimited import BANDS, band_mask, band_noise
-from corruptions.seeding import torch_generator
+from corruptions.philox import Streams
 from robustbench_bivol.evaluation.run import load_models, open_for_models
 from robustbench_bivol.sweep import run_sweep
 
@@ -26,8 +26,8 @@ def test_bands_partition_the_frequencies_but_the_mean():
 @pytest.mark.parametrize("band", list(BANDS))
 def test_noise_is_in_its_band_with_the_requested_norm(band):
     x = torch.full((3, 3, SIZE, SIZE), 0.5)
-    generators = [torch_generator(0, i, f"band_noise_{band}", 0) for i in range(3)]
-    noise = (band_noise(x, 0.05, generators, band) - x).double()
+    streams = Streams.for_images(0, range(3), f"band_noise_{band}", 0)
+    noise = (band_noise(x, 0.05, streams, band) - x).double()
     np.testing.assert_allclose(noise.flatten(1).norm(dim=1).numpy(), 0.05 * math.sqrt(3 * SIZE * SIZE), rtol=1e-5)
     spectrum = torch.fft.fft2(noise).abs().pow(2)
     outside = spectrum[..., ~band_mask(SIZE, SIZE, band)].sum() / spectrum.sum()

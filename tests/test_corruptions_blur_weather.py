@@ -20,6 +20,7 @@ import corruptions.ops.geometric  # noqa: E402,F401  (registers elastic_transfor
 import corruptions.ops.weather as weather  # noqa: E402
 from corruptions.ops import kernels as K  # noqa: E402
 from corruptions.ops.base import IMPLEMENTATIONS  # noqa: E402
+from corruptions.philox import Streams  # noqa: E402
 
 MINE = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur",
         "snow", "frost", "fog", "spatter", "elastic_transform")
@@ -41,8 +42,9 @@ def make_images(n: int, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def gens(n: int, base: int = 0) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(base + i) for i in range(n)]
+def gens(n: int, base: int = 0) -> Streams:
+    """The streams of images 0..n-1 under seed ``base``."""
+    return Streams.for_images(base, range(n), "test", 1)
 
 
 def hwc(t: torch.Tensor) -> np.ndarray:
@@ -130,9 +132,9 @@ def test_sample_bilinear_matches_map_coordinates(rgb: np.ndarray, mode: str) -> 
 
 
 def test_plasma_fractal_matches_reference_given_same_uniforms(monkeypatch) -> None:
-    g = torch.Generator().manual_seed(3)
-    ours = K.plasma_fractal(32, 1.7, [g])[0].numpy()
-    stream = torch.rand(32 * 32, generator=torch.Generator().manual_seed(3)).double().numpy()
+    streams = gens(1, 3)
+    ours = K.plasma_fractal(32, 1.7, streams)[0].numpy()
+    stream = streams.uniform((32 * 32,), 0)[0].double().numpy()
     used = [0]
 
     def uniform(low: float, high: float, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,8 +179,8 @@ def test_contract_and_batch_independence(name: str, profile: str) -> None:
         assert batch.min() >= 0 and batch.max() <= 1
         again = impl.fn(x, c, gens(3, 10 * severity))
         assert torch.equal(batch, again)
-        # image 1 alone, with its own generator, equals its row in the batch
-        alone = impl.fn(x[1:2], c, [torch.Generator().manual_seed(10 * severity + 1)])
+        # image 1 alone, with its own stream, equals its row in the batch
+        alone = impl.fn(x[1:2], c, gens(3, 10 * severity)[1:2])
         torch.testing.assert_close(alone[0], batch[1], atol=1e-5, rtol=0)
 
 
@@ -258,9 +260,9 @@ def test_tables_are_the_generators() -> None:
 
 def _feed_reference(monkeypatch, size: int, seed: int) -> None:
     """Make imagecorruptions draw exactly the numbers our op draws from ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    normal = torch.randn(1, size, size, generator=g)[0].double().numpy()
-    angle = torch.rand((), generator=g).item()
+    streams = gens(1, seed)
+    normal = streams.normal((size, size), 0)[0].double().numpy()
+    angle = streams.uniform((), 1).item()
     monkeypatch.setattr(ic.np.random, "normal", lambda size, loc, scale: loc + scale * normal)
     monkeypatch.setattr(ic.np.random, "uniform", lambda low, high: low + (high - low) * angle)
 
@@ -293,11 +295,11 @@ def test_frost_equals_reference_given_same_draws(monkeypatch) -> None:
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     impl = IMPLEMENTATIONS["frost"]
     for severity in (1, 4):
-        g = torch.Generator().manual_seed(severity)
-        idx = int(torch.randint(6, (), generator=g))
+        streams = gens(1, severity)
+        idx = streams.integers(6, 0).item()
         tex = weather.frost_textures(96, 96)[idx]
-        draws = iter([idx, int(torch.randint(tex.shape[1] - 96, (), generator=g)),
-                      int(torch.randint(tex.shape[2] - 96, (), generator=g))])
+        draws = iter([idx, (streams.words(1, 1).item() * (tex.shape[1] - 96)) >> 32,
+                      (streams.words(1, 2).item() * (tex.shape[2] - 96)) >> 32])
         monkeypatch.setattr(ic.np.random, "randint", lambda *args: next(draws))
         ref = np.asarray(ic.frost(Image.fromarray(img), severity)) / 255
         ours = impl.fn(x, impl.param("imagenet", severity), gens(1, severity))[0]
@@ -312,12 +314,11 @@ def test_elastic_equals_generator_pipeline_given_same_draws(severity: int) -> No
     size = 64
     img = hwc(make_images(1, size)[0]).astype(np.float32)
     alpha, sigma, jitter = IMPLEMENTATIONS["elastic_transform"].param("tinyimagenet", severity)
-    g = torch.Generator().manual_seed(severity)
+    streams = gens(1, severity)
     ours = IMPLEMENTATIONS["elastic_transform"].fn(
-        torch.from_numpy(img).permute(2, 0, 1)[None], (alpha, sigma, jitter), [g])[0]
-    g = torch.Generator().manual_seed(severity)
-    points = (torch.rand(3, 2, generator=g, dtype=torch.float64) * 2 - 1).numpy() * jitter
-    fields = (torch.rand(2, size, size, generator=g) * 2 - 1).double().numpy()
+        torch.from_numpy(img).permute(2, 0, 1)[None], (alpha, sigma, jitter), streams)[0]
+    points = (streams.uniform((3, 2), 0)[0].double() * 2 - 1).numpy() * jitter
+    fields = (streams.uniform((2, size, size), 1)[0] * 2 - 1).double().numpy()
     centre, side = np.float32((size, size)) // 2, size // 3
     src = np.float32([centre + side, [centre[0] + side, centre[1] - side], centre - side])
     warp = cv2.getAffineTransform(src, src + points.astype(np.float32))

@@ -10,6 +10,7 @@ from PIL import Image
 import corruptions as C
 from corruptions.api import to_uint8
 from corruptions.ops import IMPLEMENTATIONS
+from corruptions.philox import Streams
 from corruptions.ops.digital import (
     hsv_to_rgb,
     pil_box_resize,
@@ -187,10 +188,9 @@ def test_pixelate_and_jpeg_equal_cifar_generator(x32: torch.Tensor) -> None:
 def test_noise_statistics(name: str) -> None:
     """Noise of the right size on a mid-grey image (no clipping at 0.5 for small c)."""
     x = torch.full((1, 3, 64, 64), 0.5)
-    gens = [torch.Generator().manual_seed(0)]
     impl = IMPLEMENTATIONS[name]
     c = impl.param("cifar", 3)
-    y = impl.fn(x, c, gens)
+    y = impl.fn(x, c, Streams.for_images(0, [0], name, 3))
     d = (y - x).flatten()
     if name == "gaussian_noise":
         assert abs(d.std().item() - c) < 0.1 * c
@@ -207,14 +207,14 @@ def test_noise_statistics(name: str) -> None:
 def test_shot_noise_level_tables_are_poisson(c: int) -> None:
     """The inverse-CDF tables (8-bit inputs) sample ``to_uint8(Poisson(k / 255 * c) / c)``:
     per level, mean and variance match the exact distribution (scipy) and the general
-    ``torch.poisson`` path (an input just off the 8-bit grid)."""
+    inverse-CDF path (an input just off the 8-bit grid)."""
     stats = pytest.importorskip("scipy.stats")
     levels = torch.tensor([0, 1, 37, 128, 254, 255], dtype=torch.uint8)
     n = 20000
     u = levels.repeat(n).view(1, 1, n, -1)
     impl = IMPLEMENTATIONS["shot_noise"]
-    table = impl.fn_uint8(u, c, [torch.Generator().manual_seed(0)]).double().view(n, -1)
-    general = to_uint8(impl.fn(u.float() / 255 + 2e-4 / 255, c, [torch.Generator().manual_seed(1)]))
+    table = impl.fn_uint8(u, c, Streams.for_images(0, [0], "shot_noise", 1)).double().view(n, -1)
+    general = to_uint8(impl.fn(u.float() / 255 + 2e-4 / 255, c, Streams.for_images(1, [0], "shot_noise", 1)))
     general = general.double().view(n, -1)
     k = torch.arange(int(c + 20 * c ** 0.5 + 30))
     out = to_uint8(k.float() / c).double()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from _naive import unfold_aggregate
 
+from corruptions import native
 from robustbench_bivol.data import BuiltinShapes
 from robustbench_bivol.models import create_model, fused_involution
 from robustbench_bivol.models.operators import Bivolution2d, Involution2d, _aggregate_torch, involution_aggregate
@@ -159,7 +160,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
 
 def test_build_name_hashes_source_flags_and_cpu(monkeypatch):
     name = fused_involution.build_name()
-    monkeypatch.setattr(fused_involution, "_cpu_signature", lambda: "another CPU")
+    monkeypatch.setattr(native, "cpu_signature", lambda: "another CPU")
     assert fused_involution.build_name() != name
     monkeypatch.setattr(fused_involution, "CFLAGS", ["-O2"])
     assert fused_involution.build_name() != name

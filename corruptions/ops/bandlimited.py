@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .kernels import per_image_into
+from ..philox import Streams
 
 #: Band edges (lower exclusive, upper inclusive) of rho, the radial frequency over Nyquist.
 BANDS: dict[str, tuple[float, float]] = {"low": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "high": (2 / 3, math.sqrt(2))}
@@ -31,12 +31,12 @@ def band_mask(height: int, width: int, band: str) -> torch.Tensor:
     return (rho > low) & (rho <= high)
 
 
-def band_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator], band: str) -> torch.Tensor:
+def band_noise(x: torch.Tensor, c: float, streams: Streams, band: str) -> torch.Tensor:
     """``x`` plus white Gaussian noise filtered to ``band``, each image's noise of L2 norm
-    ``c * sqrt(3 H W)``; the white noise is drawn on the CPU from the image's own generator."""
+    ``c * sqrt(3 H W)``; the white noise comes from the image's own stream."""
     height, width = x.shape[-2:]
-    white = per_image_into(generators, tuple(x.shape[1:]), "randn", torch.device("cpu")).double()
+    white = streams.normal(tuple(x.shape[1:]), 0, x.device).double()
     noise = torch.fft.ifft2(torch.fft.fft2(white) * band_mask(height, width, band)).real
     norms = noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     noise = noise * (c * math.sqrt(noise[0].numel()) / norms)
-    return x + noise.to(x.device, x.dtype)
+    return x + noise.to(x.dtype)

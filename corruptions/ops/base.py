@@ -2,13 +2,14 @@
 
 An implementation receives float32 images in [0, 1] of shape (B, 3, H, W) on any device, the
 per-severity parameter ``c`` taken from its profile table (exactly the value Hendrycks' generator
-indexes with ``[severity - 1]``), and one CPU ``torch.Generator`` per image. It returns float32
+indexes with ``[severity - 1]``), and the batch's random streams (:class:`corruptions.philox.Streams`,
+one per image). It returns float32
 images of the same shape in [0, 1] (values outside are clipped by the caller, which then
 truncates to uint8 as the reference generators do with ``np.uint8``).
 
-Randomness is drawn per image from its own generator on the CPU and then moved to the images'
-device, so the output of one image never depends on the rest of the batch, and CPU and GPU runs
-see the same random numbers.
+Randomness is drawn per image from its own counter-based stream, on the images' device, so the
+output of one image never depends on the rest of the batch, and CPU and GPU runs draw the same
+random integers.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Any
 
 import torch
 
+from ..philox import Streams
 from ..profiles import PROFILE_SIZES
 from ..registry import validate
 
-CorruptionFn = Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor]
+CorruptionFn = Callable[[torch.Tensor, Any, Streams], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class TorchCorruption:
     params: dict[str, tuple[Any, ...]]  # profile -> 5 entries, severity 1..5
     #: optional uint8 -> uint8 implementation with the same output as ``to_uint8(fn(u / 255))``,
     #: used by :func:`corruptions.corrupt` for the 8-bit ops (pixelate, JPEG).
-    fn_uint8: Callable[[torch.Tensor, Any, Sequence[torch.Generator]], torch.Tensor] | None = None
+    fn_uint8: Callable[[torch.Tensor, Any, Streams], torch.Tensor] | None = None
     #: the op works image by image itself (JPEG): the api hands it the whole batch, since
     #: cache-sized chunks gain it nothing and joining them costs a copy of the batch.
     per_image: bool = False

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..philox import Streams
 from .base import register
-from .kernels import (clipped_zoom, disk_kernel, filter2d, gaussian_blur as _gaussian, motion_kernel,
-                      per_image_into)
+from .kernels import clipped_zoom, disk_kernel, filter2d, gaussian_blur as _gaussian, motion_kernel
 
 
 def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -27,7 +27,7 @@ def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
     "cifar": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
 })
 def defocus_blur(x: torch.Tensor, c: tuple[float, float],
-                 generators: Sequence[torch.Generator]) -> torch.Tensor:
+                 streams: Streams) -> torch.Tensor:
     """Anti-aliased disk of radius ``c[0]`` (cv2.filter2D, reflect-101 border)."""
     return filter2d(x, disk_kernel(c[0], c[1])).clamp_(0, 1)
 
@@ -38,7 +38,7 @@ def defocus_blur(x: torch.Tensor, c: tuple[float, float],
     "cifar": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
 })
 def glass_blur(x: torch.Tensor, c: tuple[float, int, int],
-               generators: Sequence[torch.Generator]) -> torch.Tensor:
+               streams: Streams) -> torch.Tensor:
     """Blur, quantise to uint8, locally scramble pixels, blur again.
 
     The scramble is the reference's sequential loop run exactly (see :func:`_scramble_map`),
@@ -52,8 +52,8 @@ def glass_blur(x: torch.Tensor, c: tuple[float, int, int],
     source = torch.arange(h * w, device=x.device).expand(b, -1)
     side = 2 * delta  # one uniform per pixel gives both shifts in [-delta, delta)
     grid = (max(h - side, 0), max(w - side, 0))
-    for _ in range(iterations):
-        cell = per_image_into(generators, grid, "rand", x.device).mul_(side * side).floor_()
+    for iteration in range(iterations):
+        cell = streams.uniform(grid, iteration, x.device).mul_(side * side).floor_()
         dy = torch.floor(cell / side)  # small integers: float arithmetic is exact
         shifts = torch.stack([cell - dy * side, dy], dim=-1).sub_(delta).to(torch.int32)
         source = source.gather(1, _scramble_map(shifts, h, w, delta))
@@ -108,10 +108,9 @@ def _scramble_map(shifts: torch.Tensor, h: int, w: int, delta: int) -> torch.Ten
     "cifar": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
 })
 def motion_blur(x: torch.Tensor, c: tuple[int, float],
-                generators: Sequence[torch.Generator]) -> torch.Tensor:
+                streams: Streams) -> torch.Tensor:
     """One-sided Gaussian streak of ``2 * radius + 1`` taps at an angle in U(-45, 45) degrees."""
-    return streak(x, c[0], c[1], [torch.rand((), generator=g).item() * 90 - 45
-                                  for g in generators]).clamp(0, 1)
+    return streak(x, c[0], c[1], [u * 90 - 45 for u in streams.uniform((), 0).tolist()]).clamp(0, 1)
 
 
 def streak(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) -> torch.Tensor:
@@ -129,7 +128,7 @@ def streak(x: torch.Tensor, radius: int, sigma: float, angles: Sequence[float]) 
               _arange(1, 1.21, 0.01), _arange(1, 1.26, 0.01)],
 })
 def zoom_blur(x: torch.Tensor, c: Sequence[float],
-              generators: Sequence[torch.Generator]) -> torch.Tensor:
+              streams: Streams) -> torch.Tensor:
     """Average of the image and its centre zooms by each factor in ``c``."""
     out = x.clone()
     for zoom in c:
@@ -143,6 +142,6 @@ def zoom_blur(x: torch.Tensor, c: Sequence[float],
     "cifar": [.4, .6, 0.7, .8, 1],
 })
 def gaussian_blur(x: torch.Tensor, c: float,
-                  generators: Sequence[torch.Generator]) -> torch.Tensor:
+                  streams: Streams) -> torch.Tensor:
     """``skimage.filters.gaussian(sigma=c)``: truncate 4, nearest border."""
     return _gaussian(x, c).clamp(0, 1)

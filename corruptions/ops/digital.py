@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import torch
 
 from ..jpeg import jpeg_round_trip
+from ..philox import Streams
 from .base import register
 from .kernels import eight_bit_levels
 
@@ -160,13 +161,13 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return (a - b).mul_(mask).add_(b)
 
 
-def _brightness_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _brightness_uint8(u: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     level = _level_pairs(u.device)[0]
     return _hsv_uint8(u, (level + c).clamp_(0, 1), _saturation_of_pairs(u.device))
 
 
 def _saturate_uint8(u: torch.Tensor, c: tuple[float, float],
-                    generators: Sequence[torch.Generator]) -> torch.Tensor:
+                    streams: Streams) -> torch.Tensor:
     level = _level_pairs(u.device)[0]
     return _hsv_uint8(u, level, (_saturation_of_pairs(u.device) * c[0] + c[1]).clamp_(0, 1))
 
@@ -176,7 +177,7 @@ def _saturate_uint8(u: torch.Tensor, c: tuple[float, float],
     "tinyimagenet": [.1, .2, .3, .4, .5],
     "cifar": [.05, .1, .15, .2, .3],
 })
-def brightness(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def brightness(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """Add ``c`` to the HSV value channel (clipped to [0, 1])."""
     h, s, v = rgb_to_hsv(exact64(x)).unbind(-3)
     return hsv_to_rgb(torch.stack([h, s, (v + c).clamp(0, 1)], dim=-3))
@@ -187,13 +188,13 @@ def brightness(x: torch.Tensor, c: float, generators: Sequence[torch.Generator])
     "tinyimagenet": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (30, 0.2)],
     "cifar": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
 })
-def saturate(x: torch.Tensor, c: tuple[float, float], generators: Sequence[torch.Generator]) -> torch.Tensor:
+def saturate(x: torch.Tensor, c: tuple[float, float], streams: Streams) -> torch.Tensor:
     """Scale and shift the HSV saturation channel: ``clip(s * c[0] + c[1], 0, 1)``."""
     h, s, v = rgb_to_hsv(exact64(x)).unbind(-3)
     return hsv_to_rgb(torch.stack([h, (s * c[0] + c[1]).clamp(0, 1), v], dim=-3))
 
 
-def _contrast_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _contrast_uint8(u: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """``to_uint8(contrast(u / 255))`` through a per-(image, channel) table of the 256 levels:
     the per-element float64 arithmetic is the same, done once per level instead of per pixel."""
     means = u.double().div_(255).mean(dim=(-2, -1), keepdim=True)  # as exact64(u / 255).mean
@@ -214,7 +215,7 @@ def to_uint8_exact(y: torch.Tensor) -> torch.Tensor:
     "tinyimagenet": [.4, .3, .2, .1, .05],
     "cifar": [.75, .5, .4, .3, 0.15],
 })
-def contrast(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def contrast(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """Pull every channel towards its own per-image mean: ``(x - mean) * c + mean``."""
     xd = exact64(x)
     means = xd.mean(dim=(-2, -1), keepdim=True)
@@ -311,12 +312,12 @@ def to_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.double().clamp(0, 1) * 255)
 
 
-def _through_uint8(fn_uint8, x: torch.Tensor, c, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _through_uint8(fn_uint8, x: torch.Tensor, c, streams: Streams) -> torch.Tensor:
     """The float path of an op defined on uint8 levels: quantise, apply, back to [0, 1]."""
-    return fn_uint8(to_levels(x).to(torch.uint8), c, generators).double() / 255
+    return fn_uint8(to_levels(x).to(torch.uint8), c, streams).double() / 255
 
 
-def _pixelate_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _pixelate_uint8(u: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     height, width = u.shape[-2:]
     small = pil_box_resize(u, int(height * c), int(width * c))
     return pil_box_resize(small, height, width)
@@ -327,12 +328,12 @@ def _pixelate_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Genera
     "tinyimagenet": [0.9, 0.8, 0.7, 0.6, 0.5],
     "cifar": [0.95, 0.9, 0.85, 0.75, 0.65],
 })
-def pixelate(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def pixelate(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """BOX-downsample to ``int(side * c)`` per side and BOX-upsample back (Pillow, bit-exact)."""
-    return _through_uint8(_pixelate_uint8, x, c, generators)
+    return _through_uint8(_pixelate_uint8, x, c, streams)
 
 
-def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _jpeg_uint8(u: torch.Tensor, c: int, streams: Streams) -> torch.Tensor:
     return jpeg_round_trip(u, quality=c)
 
 
@@ -341,7 +342,7 @@ def _jpeg_uint8(u: torch.Tensor, c: int, generators: Sequence[torch.Generator]) 
     "tinyimagenet": [65, 58, 50, 40, 25],
     "cifar": [80, 65, 58, 50, 40],
 })
-def jpeg_compression(x: torch.Tensor, c: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def jpeg_compression(x: torch.Tensor, c: int, streams: Streams) -> torch.Tensor:
     """Encode each image as JPEG at quality ``c`` and decode it (as Pillow does)."""
-    return _through_uint8(_jpeg_uint8, x, c, generators)
+    return _through_uint8(_jpeg_uint8, x, c, streams)
 

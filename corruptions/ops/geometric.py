@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..philox import Streams
 from .base import register
 from .kernels import gaussian_blur, sample_bilinear
 
@@ -47,21 +48,19 @@ def _affine_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
               (32 * 0.1, 32 * 0.03, 32 * 0.03)],
 })
 def elastic_transform(x: torch.Tensor, c: tuple[float, float, float],
-                      generators: Sequence[torch.Generator]) -> torch.Tensor:
+                      streams: Streams) -> torch.Tensor:
     """Random affine jitter, then a Gaussian-smoothed random displacement (both bilinear)."""
     alpha, sigma, jitter = c
     b, _, h, w = x.shape
     # per image: control-point jitter (3, 2), then the dx and dy noise fields
-    pt_noise, fields = [], []
-    for g in generators:
-        pt_noise.append(torch.rand(3, 2, generator=g, dtype=torch.float64) * 2 - 1)
-        fields.append(torch.rand(2, h, w, generator=g) * 2 - 1)
+    pt_noise = streams.uniform((3, 2), 0).double() * 2 - 1
+    fields = streams.uniform((2, h, w), 1, x.device) * 2 - 1
     centre = torch.tensor([h // 2, w // 2], dtype=torch.float64)
     side = min(h, w) // 3
     src = torch.stack([centre + side, centre + torch.tensor([side, -side]), centre - side])
     src = src.expand(b, 3, 2)
     # cv2 adds float32 jitter to float32 points
-    dst = (src.float() + (torch.stack(pt_noise) * jitter).float()).double()
+    dst = (src.float() + (pt_noise * jitter).float()).double()
     forward = _affine_from_points(src, dst)
     bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(b, 1, 3)
     dev = x.device
@@ -73,7 +72,7 @@ def elastic_transform(x: torch.Tensor, c: tuple[float, float, float],
                           + m[:, 2, None, None] for m in inverse.unbind(1))
     warped = sample_bilinear(x, src_rows, src_cols, "mirror")
 
-    disp = gaussian_blur(torch.stack(fields).to(dev), sigma, mode="reflect", truncate=3.0)
+    disp = gaussian_blur(fields, sigma, mode="reflect", truncate=3.0)
     disp = disp * alpha  # float32, as the reference casts it
     out = sample_bilinear(warped, rows + disp[:, 1], cols + disp[:, 0], "reflect")
     return out.clamp(0, 1)

@@ -12,7 +12,6 @@ same border semantics, so the batched torch corruptions agree with the reference
 * ``plasma_fractal``: the diamond-square height map behind fog, batched over images.
 * ``clipped_zoom``: ``scipy.ndimage.zoom(order=1)`` of a centre crop.
 * ``sample_bilinear``: ``scipy.ndimage.map_coordinates(order=1)`` with SciPy's border modes.
-* ``per_image_into``: every image's random numbers from its own generator, as one batch.
 * ``eight_bit_levels``: recognise float images that came from uint8 (the api's ``u / 255``), for
   the ops with exact 8-bit fast paths.
 """
@@ -25,20 +24,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..philox import Streams
+
 #: SciPy border modes used by the reference: 'nearest' (aaa|abc|ccc), 'reflect' (cba|abc|cba,
 #: half-sample symmetric) and 'mirror' (cb|abc|ba, OpenCV's BORDER_REFLECT_101).
 BORDER_MODES = ("nearest", "reflect", "mirror")
-
-
-def per_image_into(generators: Sequence[torch.Generator], shape: tuple[int, ...], sampler: str,
-                   device: torch.device) -> torch.Tensor:
-    """One ``torch.rand`` / ``torch.randn`` draw of ``shape`` per image from its own CPU generator,
-    written straight into one preallocated CPU batch, then moved to ``device``."""
-    out = torch.empty(len(generators), *shape)
-    fn = torch.rand if sampler == "rand" else torch.randn
-    for row, g in zip(out, generators):
-        fn(shape, generator=g, out=row)
-    return out.to(device)
 
 
 def eight_bit_levels(x: torch.Tensor) -> torch.Tensor | None:
@@ -301,23 +291,23 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 2 ** (n - 1).bit_length()
 
 
-def plasma_fractal(mapsize: int, wibbledecay: float, generators: Sequence[torch.Generator],
+def plasma_fractal(mapsize: int, wibbledecay: float, streams: Streams,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Diamond-square height maps in [0, 1], one (mapsize, mapsize) map per generator.
+    """Diamond-square height maps in [0, 1], one (mapsize, mapsize) map per image stream.
 
     Same recursion as the reference (float32, perturbations ``wibble * U(-wibble, wibble)``,
     ``wibble`` divided by ``wibbledecay`` per level, wrap-around neighbours), run for the whole
-    batch at once; each image's uniforms come from its own generator.
+    batch at once; each image's uniforms come from its own stream.
     """
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
-    square = _wibble_squares(mapsize, float(wibbledecay))
-    noise = per_image_into(generators, (square.numel(),), "rand", torch.device("cpu"))
-    noise = noise.mul_(2 * square).sub_(square).to(device)  # wibble * U(-wibble, wibble)
+    square = _wibble_squares(mapsize, float(wibbledecay)).to(device)
+    noise = streams.uniform((square.numel(),), 0, device)
+    noise = noise.mul_(2 * square).sub_(square)  # wibble * U(-wibble, wibble)
     # The grid of one level's corners (B, n, n) is kept contiguous; each level computes the
     # centres and the two sets of edge midpoints from it and interleaves the four into the
     # next level's corners (the reference writes strided slices of one map instead).
-    corners = torch.zeros(len(generators), 1, 1, device=device)
+    corners = torch.zeros(len(streams), 1, 1, device=device)
     used = 0
 
     def wibbled_mean(acc: torch.Tensor) -> torch.Tensor:

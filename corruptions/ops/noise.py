@@ -1,20 +1,19 @@
 """Noise corruptions: Gaussian, shot (Poisson), impulse (salt & pepper) and speckle.
 
 Per-severity tables are exact copies of Hendrycks' generators (make_imagenet_c.py,
-make_tinyimagenet_c.py, make_cifar_c.py). Every random number is drawn on the CPU from the
-image's own generator, so an image's noise never depends on its batch or on the device.
+make_tinyimagenet_c.py, make_cifar_c.py). Every random number comes from the image's own Philox
+stream (:mod:`corruptions.philox`), so an image's noise never depends on its batch or device.
 """
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-
 import torch
 
 from ..levels import to_uint8
+from ..philox import Streams
 from .base import register
-from .kernels import eight_bit_levels, per_image_into
+from .kernels import eight_bit_levels
 
 
 @register("gaussian_noise", params={
@@ -22,13 +21,13 @@ from .kernels import eight_bit_levels, per_image_into
     "tinyimagenet": [0.04, 0.08, .12, .15, .18],
     "cifar": [0.04, 0.06, .08, .09, .10],
 })
-def gaussian_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def gaussian_noise(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """Additive N(0, c^2) noise per element."""
-    noise = per_image_into(generators, tuple(x.shape[1:]), "randn", x.device)
+    noise = streams.normal(tuple(x.shape[1:]), 0, x.device)
     return noise.mul_(c).add_(x)  # x + c * noise (addition commutes exactly)
 
 
-#: Shot noise draws 24-bit uniforms ``r`` (``torch.rand`` is ``r * 2**-24``) and inverts the
+#: Shot noise draws 24-bit uniforms ``r`` (the Philox uniform is ``r * 2**-24``) and inverts the
 #: Poisson CDF of the pixel's rate: the count is the number of CDF thresholds ``<= r``.
 _UNIFORM_BITS = 24
 #: The uniforms are split into 2**11 buckets per level; most buckets hold no CDF threshold, so
@@ -66,13 +65,13 @@ def _shot_tables(c: float, device: torch.device) -> tuple[torch.Tensor, torch.Te
             count_level.to(device))
 
 
-def _shot_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _shot_uint8(u: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """``to_uint8(Poisson(u / 255 * c) / c)`` on uint8 levels, by inverse transform: one 24-bit
-    uniform per element from the image's own generator, one bucket lookup, a binary search
+    uniform per element from the image's own stream, one bucket lookup, a binary search
     for the few elements whose bucket a CDF threshold splits."""
     bucket, sorted_thresholds, k, count_level = _shot_tables(float(c), u.device)
-    r = per_image_into(generators, tuple(u.shape[1:]), "rand", u.device)
-    r = r.mul_(1 << _UNIFORM_BITS).to(torch.int32).flatten()  # exact: rand is a multiple of 2**-24
+    r = streams.uniform(tuple(u.shape[1:]), 0, u.device)
+    r = r.mul_(1 << _UNIFORM_BITS).to(torch.int32).flatten()  # exact: a multiple of 2**-24
     level = u.to(torch.int32).flatten()
     index = (level << _BUCKET_BITS).bitwise_or_(r >> (_UNIFORM_BITS - _BUCKET_BITS))
     out = bucket.index_select(0, index)
@@ -90,34 +89,47 @@ def _shot_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]
     "tinyimagenet": [250, 100, 50, 30, 15],
     "cifar": [500, 250, 100, 75, 50],
 })
-def shot_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def shot_noise(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """Poisson photon noise: ``Poisson(x * c) / c`` (c photons at full intensity).
 
-    Images on the 8-bit grid (all the api passes) take the exact inverse-CDF sampler of
-    :func:`_shot_uint8` (the result comes back on the 8-bit grid); other inputs call
-    ``torch.poisson``, which only accepts a CPU generator for CPU rates, so the rates visit the
-    CPU. Both sample Poisson exactly but from different random numbers.
+    Both paths invert the Poisson CDF at the same uniform per element: images on the 8-bit grid
+    (all the api passes) through the tables of :func:`_shot_uint8` (the result comes back on the
+    8-bit grid), other inputs by walking the CDF of each element's own rate.
     """
     levels = eight_bit_levels(x)
     if levels is not None:
-        return _shot_uint8(levels, c, generators).to(x.dtype) / 255
-    rates = (x * c).cpu()
-    counts = torch.stack([torch.poisson(r, generator=g) for r, g in zip(rates, generators)])
-    return counts.to(x.device) / float(c)
+        return _shot_uint8(levels, c, streams).to(x.dtype) / 255
+    return _poisson_inverse_cdf(x.double() * c, streams.uniform(tuple(x.shape[1:]), 0, x.device)).to(x.dtype) / c
 
 
-def _impulse_masks(shape: torch.Size, c: float, generators: Sequence[torch.Generator],
+def _poisson_inverse_cdf(rates: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The smallest count k with ``CDF(k) > r`` for each rate (float64), adding one term of the
+    pmf (in log space, as :func:`_shot_tables`) at a time until every CDF has passed its uniform."""
+    cdf = torch.zeros_like(rates)
+    counts = torch.zeros_like(rates)
+    limit = float(rates.max()) + 14 * math.sqrt(float(rates.max())) + 30  # as the tables' K
+    k = 0
+    while True:
+        cdf += torch.exp(torch.xlogy(k, rates) - rates - math.lgamma(k + 1))
+        below = cdf <= r
+        if k >= limit or not bool(below.any()):
+            return counts
+        counts += below
+        k += 1
+
+
+def _impulse_masks(shape: torch.Size, c: float, streams: Streams,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, salt) boolean masks of salt & pepper noise from one uniform ``r`` per element:
     ``r < c`` flips the element (probability c), to salt when ``r < c / 2`` (equal odds)."""
-    r = per_image_into(generators, tuple(shape[1:]), "rand", device)
+    r = streams.uniform(tuple(shape[1:]), 0, device)
     return r >= c, r < c / 2
 
 
-def _impulse_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _impulse_uint8(u: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """``to_uint8(impulse_noise(u / 255))`` on the 8-bit levels: kept elements stay ``u``
     (``to_uint8(u / 255) == u``), salt becomes 255 and pepper 0; same draws, same masks."""
-    kept, salt = _impulse_masks(u.shape, c, generators, u.device)
+    kept, salt = _impulse_masks(u.shape, c, streams, u.device)
     return u.mul(kept).add_(salt.to(torch.uint8).mul_(255))
 
 
@@ -126,10 +138,10 @@ def _impulse_uint8(u: torch.Tensor, c: float, generators: Sequence[torch.Generat
     "tinyimagenet": [.01, .02, .05, .08, .14],
     "cifar": [.01, .02, .03, .05, .07],
 })
-def impulse_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def impulse_noise(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """skimage ``random_noise(mode='s&p', amount=c)``: each element is flipped with
     probability c, independently per channel, to 1 (salt) or 0 (pepper) with equal odds."""
-    kept, salt = _impulse_masks(x.shape, c, generators, x.device)
+    kept, salt = _impulse_masks(x.shape, c, streams, x.device)
     return x.mul(kept).add_(salt)
 
 
@@ -138,7 +150,7 @@ def impulse_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generato
     "tinyimagenet": [.15, .2, 0.25, 0.3, 0.35],
     "cifar": [.06, .1, .12, .16, .2],
 })
-def speckle_noise(x: torch.Tensor, c: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def speckle_noise(x: torch.Tensor, c: float, streams: Streams) -> torch.Tensor:
     """Multiplicative noise ``x + x * N(0, c^2)``: stronger in bright regions."""
-    noise = per_image_into(generators, tuple(x.shape[1:]), "randn", x.device)
+    noise = streams.normal(tuple(x.shape[1:]), 0, x.device)
     return noise.mul_(c).mul_(x).add_(x)  # x + x * (c * noise), same roundings

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..philox import Streams
 from .base import register
 from .blur import streak
 from .kernels import clipped_zoom, gaussian_blur as _gaussian_layer, next_power_of_2, plasma_fractal
@@ -45,7 +46,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
               (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
 })
 def snow(x: torch.Tensor, c: tuple[float, ...],
-         generators: Sequence[torch.Generator]) -> torch.Tensor:
+         streams: Streams) -> torch.Tensor:
     """Zoomed, thresholded Gaussian flakes streaked at U(-135, -45) degrees, over a greyed image.
 
     The flake layer is trimmed to the image before streaking (the generators' ``clipped_zoom``);
@@ -53,8 +54,8 @@ def snow(x: torch.Tensor, c: tuple[float, ...],
     """
     loc, scale, zoom, threshold, radius, sigma, keep = c
     b, _, h, w = x.shape
-    noise = torch.stack([torch.randn(1, h, w, generator=g) for g in generators]).to(x.device)
-    angles = [torch.rand((), generator=g).item() * 90 - 135 for g in generators]
+    noise = streams.normal((1, h, w), 0, x.device)
+    angles = [u * 90 - 135 for u in streams.uniform((), 1).tolist()]
     flakes = clipped_zoom(noise * scale + loc, zoom)
     flakes = torch.where(flakes < threshold, torch.zeros_like(flakes), flakes).clamp(0, 1)
     flakes = torch.round(streak(flakes, radius, sigma, angles) * 255) / 255
@@ -107,15 +108,15 @@ def frost_textures(height: int, width: int) -> tuple[torch.Tensor, ...]:
     "cifar": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
 })
 def frost(x: torch.Tensor, c: tuple[float, float],
-          generators: Sequence[torch.Generator]) -> torch.Tensor:
+          streams: Streams) -> torch.Tensor:
     """``c[0] * image + c[1] * frost``, the frost a random crop of a random texture."""
     h, w = x.shape[-2:]
     textures = frost_textures(h, w)
     crops = []
-    for g in generators:
-        tex = textures[int(torch.randint(len(textures), (), generator=g))]
-        top = int(torch.randint(tex.shape[1] - h, (), generator=g))
-        left = int(torch.randint(tex.shape[2] - w, (), generator=g))
+    for choice, top_word, left_word in zip(streams.integers(len(textures), 0).tolist(),
+                                           streams.words(1, 1)[:, 0].tolist(), streams.words(1, 2)[:, 0].tolist()):
+        tex = textures[choice]
+        top, left = (top_word * (tex.shape[1] - h)) >> 32, (left_word * (tex.shape[2] - w)) >> 32
         crops.append(tex[:, top:top + h, left:left + w])
     layer = torch.stack(crops).to(device=x.device, dtype=x.dtype)
     return (c[0] * x + c[1] * layer).clamp(0, 1)
@@ -127,10 +128,10 @@ def frost(x: torch.Tensor, c: tuple[float, float],
     "cifar": [(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
 })
 def fog(x: torch.Tensor, c: tuple[float, float],
-        generators: Sequence[torch.Generator]) -> torch.Tensor:
+        streams: Streams) -> torch.Tensor:
     """Add a plasma-fractal haze, then rescale so the image's maximum is kept."""
     h, w = x.shape[-2:]
-    haze = plasma_fractal(next_power_of_2(max(h, w)), c[1], generators, x.device)
+    haze = plasma_fractal(next_power_of_2(max(h, w)), c[1], streams, x.device)
     max_val = x.amax(dim=(1, 2, 3), keepdim=True)
     foggy = torch.add(x, haze[:, None, :h, :w].to(x.dtype), alpha=c[0])
     return foggy.mul_(max_val / (max_val + c[0])).clamp_(0, 1)
@@ -175,7 +176,7 @@ def _water_relief(liquid: np.ndarray) -> np.ndarray:
               (0.65, 0.1, 0.5, 0.68, 0.6, 1)],
 })
 def spatter(x: torch.Tensor, c: tuple[float, ...],
-            generators: Sequence[torch.Generator]) -> torch.Tensor:
+            streams: Streams) -> torch.Tensor:
     """Water drops (embossed turquoise, ``c[5] == 0``) or mud (brown blots, ``c[5] == 1``).
 
     A liquid layer of Gaussian noise (``c[0]``, ``c[1]``) blurred by ``c[2]`` and cut below
@@ -184,7 +185,7 @@ def spatter(x: torch.Tensor, c: tuple[float, ...],
     """
     loc, scale, sigma, threshold, strength, mud = c
     h, w = x.shape[-2:]
-    noise = torch.stack([torch.randn(1, h, w, generator=g) for g in generators]).to(x.device)
+    noise = streams.normal((1, h, w), 0, x.device)
     liquid = _gaussian_layer(noise * scale + loc, sigma)
     liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
     if mud:

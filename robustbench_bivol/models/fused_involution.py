@@ -18,17 +18,15 @@ fused kernel where it applies, else the torch path, with one warning if the buil
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from corruptions import native
 
 SOURCE = Path(__file__).with_name("csrc") / "involution_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -43,35 +41,11 @@ def mode() -> str:
     return value
 
 
-def _cpu_signature() -> str:
-    """CPU model and feature flags (Linux /proc/cpuinfo; the platform string elsewhere)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() + platform.machine()
-    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(keep)))
-
-
-def _compiler_version() -> str:
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        raise RuntimeError(f"no C++ compiler ({cxx}) on PATH")
-    return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
-
-
 def build_name() -> str:
     """Extension name: a hash of everything that makes a binary valid for this machine."""
-    parts = [SOURCE.read_bytes().decode(), " ".join(CFLAGS), _compiler_version(), torch.__version__, _cpu_signature()]
-    return "bivol_involution_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    if "BIVOL_EXT_DIR" in os.environ:
-        return Path(os.environ["BIVOL_EXT_DIR"])
-    if "TORCH_EXTENSIONS_DIR" in os.environ:
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "robustbench_bivol"
-    return Path.home() / ".cache" / "robustbench_bivol" / "ext"
+    cxx = native.compiler()
+    return native.build_name("bivol_involution", SOURCE.read_bytes().decode(), " ".join(CFLAGS),
+                             native.compiler_version(cxx), torch.__version__)
 
 
 def _import_cpp_extension() -> ModuleType:
@@ -97,7 +71,7 @@ def _build() -> ModuleType:
             raise RuntimeError("ninja is not installed") from err
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     name = build_name()
-    folder = cache_dir() / name
+    folder = native.cache_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                               build_directory=str(folder), verbose=False)
