@@ -4,8 +4,10 @@ GPU, and on the GPU one batch vs one image at a time, for every corruption, seve
     python benchmarks/device_agreement.py --device cuda          # on a machine with a GPU
     python benchmarks/device_agreement.py --device cpu --quick   # smoke test of the script itself
 
-Every image's random numbers are drawn on the CPU from its own generator (corruptions.seeding)
-and then moved, so both devices see the same noise. What can differ is float rounding (cuFFT vs
+Every image's random numbers come from its own Philox stream (corruptions.philox), drawn on the
+images' device: the C kernel on the CPU, integer torch ops on the GPU. The "integer draws" column
+checks that both give the same 32-bit words for every stream the ops draw (0..2, as many words as
+the image has elements). What can differ is float rounding (Box-Muller's log/sin/cos, cuFFT vs
 pocketfft, cuDNN vs CPU convolutions, fused multiply-adds, transcendental functions), which the
 final truncation to uint8 turns into one-level steps wherever a value lies close to a level
 boundary. Reported per profile and corruption, over all severities and images: the share of
@@ -27,6 +29,7 @@ from fidelity import psnr
 from machine import describe
 
 import corruptions as C
+from corruptions.philox import Streams
 from corruptions.profiles import PROFILE_SIZES
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS-device.md"
@@ -45,31 +48,38 @@ def compare(profile: str, size: int, name: str, images: int, severities: list[in
         diffs.append((cpu.int() - dev.int()).abs())
         batch_diffs.append((alone.int() - dev.int()).abs())
         gaps.append((psnr(clean, dev) - psnr(clean, cpu)).mean().item())
+    streams = [Streams.for_images(0, range(images), name, severity) for severity in severities]
+    draws_identical = all(torch.equal(s.words(3 * size * size, stream), s.words(3 * size * size, stream, device).cpu())
+                          for s in streams for stream in range(3))
     d = torch.cat([x.flatten() for x in diffs])
     b = torch.cat([x.flatten() for x in batch_diffs])
     return {"profile": profile, "name": name, "identical": (d == 0).double().mean().item(),
             "over_one": (d > 1).double().mean().item(), "max": int(d.max()),
             "mean": d.double().mean().item(), "psnr_gap": sum(gaps) / len(gaps),
-            "batch_max": int(b.max()), "batch_identical": (b == 0).double().mean().item()}
+            "batch_max": int(b.max()), "batch_identical": (b == 0).double().mean().item(),
+            "draws_identical": draws_identical}
 
 
 def table(rows: list[dict], device: torch.device) -> str:
     if not rows:
         return "No corruption ran."
-    lines = ["| profile | corruption | identical pixels | > 1 level apart | max diff | mean diff | "
+    lines = ["| profile | corruption | integer draws | identical pixels | > 1 level apart | max diff | mean diff | "
              "PSNR gap (dB) | batch vs alone on the device |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         alone = "identical" if r["batch_max"] == 0 else \
             f"max {r['batch_max']}, {100 * (1 - r['batch_identical']):.4f}% differ"
-        lines.append(f"| {r['profile']} | {r['name']} | {100 * r['identical']:.3f}% | "
+        draws = "identical" if r["draws_identical"] else "DIFFER"
+        lines.append(f"| {r['profile']} | {r['name']} | {draws} | {100 * r['identical']:.3f}% | "
                      f"{100 * r['over_one']:.4f}% | {r['max']} | {r['mean']:.5f} | "
                      f"{r['psnr_gap']:+.4f} | {alone} |")
     same = sum(r["max"] == 0 for r in rows)
     within_one = sum(r["max"] <= 1 for r in rows)
     batch_same = sum(r["batch_max"] == 0 for r in rows)
     worst = max(rows, key=lambda r: r["mean"])
-    lines += ["", f"{device.type.upper()} vs CPU: {same}/{len(rows)} (profile, corruption) pairs "
+    draws_same = sum(r["draws_identical"] for r in rows)
+    lines += ["", f"{device.type.upper()} vs CPU: integer draws identical in {draws_same}/{len(rows)} (profile, "
+                  f"corruption) pairs; outputs: {same}/{len(rows)} pairs "
                   f"bit-identical, {within_one}/{len(rows)} within one grey level; largest mean "
                   f"difference {worst['mean']:.5f} levels ({worst['profile']} {worst['name']}); "
                   f"largest PSNR gap {max(abs(r['psnr_gap']) for r in rows):.4f} dB. "
