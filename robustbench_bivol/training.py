@@ -56,10 +56,11 @@ class TrainConfig:
     anneal_epochs: int = DYCONV_ANNEAL_EPOCHS
     warmup_epochs: float = 0.0
     generator_lr_scale: float = 1.0
+    holdout: int = 0
 
 
 #: Options added after runs were checkpointed: their value in a checkpoint that predates them.
-_PRE_OPTION_DEFAULTS = {"generator_lr_scale": 1.0}
+_PRE_OPTION_DEFAULTS = {"generator_lr_scale": 1.0, "holdout": 0}
 #: Options that say where a run lives or runs, not what it trains: a run may resume on another
 #: machine (data extracted elsewhere, another device or worker count, the folder moved).
 _LOCATION_OPTIONS = ("out", "device", "workers")
@@ -193,6 +194,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
     out = Path(config.out)
     torch.manual_seed(config.seed)
     train_x, train_y, classes, dataset_name = _load_split(config.dataset, "train", spec.input_size, config.limit, config.workers)
+    train_x, train_y, val_x, val_y = _hold_out(train_x, train_y, config.holdout)
     test_x, test_y, _, _ = _load_split(config.dataset, "test", spec.input_size, None, config.workers)
     pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)
     mean, std = pixels.mean(1), pixels.std(1)
@@ -257,10 +259,11 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
             set_temperature(model, dyconv_temperature(epoch + 1, config.anneal_epochs))
         loss_sum, correct = _sum_over_ranks(loss_sum, world), _sum_over_ranks(correct, world)
         test_acc = _test_accuracy(model, test_x, test_y, mean_d, std_d, device, rank, world)
+        validation = {} if val_y is None else {"val_acc": _test_accuracy(model, val_x, val_y, mean_d, std_d, device, rank, world)}
         log_rows.append({
             "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": float(loss_sum) / usable, "train_acc": int(correct) / usable,
-            "test_acc": test_acc, "seconds": time.perf_counter() - started,
+            **validation, "test_acc": test_acc, "seconds": time.perf_counter() - started,
         })
         if rank == 0:
             _write_log(out / "log.csv", log_rows)
@@ -284,6 +287,18 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
     if world > 1:
         dist.barrier()  # final.pt exists for every rank that returns its path
     return final
+
+
+def _hold_out(images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """(train images, train labels, validation images, validation labels): a class-balanced ``n``
+    of the training split held out (the validation pair is None when ``n`` is 0)."""
+    if n == 0:
+        return images, labels, None, None
+    if not 0 < n < len(labels):
+        raise UsageError(f"--holdout must be between 1 and {len(labels) - 1} (the training images), got {n}")
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    held[torch.from_numpy(balanced_subset(labels.numpy(), n))] = True
+    return images[~held], labels[~held], images[held], labels[held]
 
 
 def _test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,

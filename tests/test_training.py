@@ -174,6 +174,27 @@ def test_runs_checkpointed_before_generator_lr_scale_existed_still_resume(folder
     assert result.exit_code == 0, result.output
 
 
+def test_holdout_trains_on_the_rest_and_logs_validation_accuracy(folder, tmp_path, monkeypatch):
+    seen = {}
+    original = training._hold_out
+
+    def spy(images, labels, n):
+        parts = original(images, labels, n)
+        seen["train"], seen["val"] = parts[1], parts[3]
+        return parts
+
+    monkeypatch.setattr(training, "_hold_out", spy)
+    result = CliRunner().invoke(main, _train_args(folder, tmp_path / "run", "--holdout", "10", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert len(seen["train"]) == 30 and torch.bincount(seen["val"]).tolist() == [1] * 10  # one per class
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0] == "epoch,lr,train_loss,train_acc,val_acc,test_acc,seconds"
+    assert 0 <= float(log[1].split(",")[4]) <= 1
+    for bad in ("40", "-1"):
+        result = CliRunner().invoke(main, _train_args(folder, tmp_path / f"bad{bad}", "--holdout", bad))
+        assert result.exit_code == 2 and "--holdout must be between 1 and 39" in result.output
+
+
 def test_bundled_weights_are_hash_checked_and_loadable(folder, tmp_path, monkeypatch):
     assert CliRunner().invoke(main, _train_args(folder, tmp_path / "run")).exit_code == 0
     monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path / "pretrained")
