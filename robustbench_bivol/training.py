@@ -1,8 +1,10 @@
-"""Train a model on an in-memory image dataset and save checkpoints in the toolkit's format.
+"""Train a model on an image dataset and save checkpoints in the toolkit's format.
 
-Meant for the CIFAR-size models the toolkit ships (built-in dataset, CIFAR-10): the training
-split is decoded once into a uint8 tensor, augmented on the fly (random crop with 4 px padding,
-horizontal flip) with generators seeded by (seed, epoch), so a resumed run continues exactly.
+CIFAR-size models (the built-in dataset, CIFAR-10) train from memory: the training split is
+decoded once into a uint8 tensor and augmented on the fly (random crop with 4 px padding,
+horizontal flip) with generators seeded by (seed, epoch). ImageNet-size models stream their
+images from the folder (:mod:`.data.training_stream`: DataLoader workers, random resized crop and
+flip keyed by (seed, epoch, sample)). Either way a resumed run continues exactly.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import io
 import math
 import platform
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,18 +22,27 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .distributed import process_group
 from .data import balanced_subset, dataset_labels, open_dataset
+from .data.folder import ImageFolderDataset
+from .data.training_stream import RankBatches, StreamingTrainSet
 from .errors import UsageError
 from .evaluation.engine import load_shard
 from .io import atomic_write_text
 from .models import create_model, model_spec, set_temperature
 from .models.operators import Involution2d
 from .sync_batchnorm import synchronise_batchnorm
+
+#: Models meant for inputs this large or larger (ImageNet-style) stream their training images;
+#: smaller ones (CIFAR-style) train from memory.
+STREAMING_INPUT_SIZE = 128
+#: Training images whose centre crops give a streamed dataset's normalisation statistics.
+STATISTICS_SAMPLE = 1000
 
 #: DyConv (Chen et al. 2020): softmax temperature annealed linearly from 30 to 1 over 10 epochs.
 DYCONV_TAU_START, DYCONV_TAU_END, DYCONV_ANNEAL_EPOCHS = 30.0, 1.0, 10
@@ -112,14 +124,22 @@ def _load_split(dataset: str, split: str, size: int, limit: int | None, workers:
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-             std: torch.Tensor, device: torch.device, batch_size: int = 500) -> float:
+def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], mean: torch.Tensor,
+                  std: torch.Tensor, device: torch.device) -> int:
+    """Top-1 hits of ``model`` over (uint8 images, labels) batches."""
     model.eval()
     correct = 0
-    for start in range(0, len(labels), batch_size):
-        x = (images[start:start + batch_size].to(device).float() / 255 - mean) / std
-        correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
-    return correct / len(labels)
+    for images, labels in batches:
+        x = (images.to(device).float() / 255 - mean) / std
+        correct += int((model(x).argmax(1).cpu() == labels.cpu()).sum())
+    return correct
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor, device: torch.device, batch_size: int = 500) -> float:
+    """Top-1 accuracy on in-memory uint8 images."""
+    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
+    return count_correct(model, batches, mean, std, device) / len(labels)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -193,20 +213,15 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
     spec = model_spec(config.model)
     out = Path(config.out)
     torch.manual_seed(config.seed)
-    train_x, train_y, classes, dataset_name = _load_split(config.dataset, "train", spec.input_size, config.limit, config.workers)
-    train_x, train_y, val_x, val_y = _hold_out(train_x, train_y, config.holdout)
-    test_x, test_y, _, _ = _load_split(config.dataset, "test", spec.input_size, None, config.workers)
-    pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)
-    mean, std = pixels.mean(1), pixels.std(1)
-    del pixels
-    if device.type != "cpu":  # the uint8 split lives on the accelerator: batches and augmentation never cross over
-        train_x, train_y = train_x.to(device), train_y.to(device)
+    streams = spec.input_size >= STREAMING_INPUT_SIZE and config.dataset != "builtin"
+    data = (_StreamedData if streams else _InMemoryData)(config, spec.input_size, device)
+    classes, dataset_name, mean, std = data.classes, data.name, data.mean, data.std
     model = create_model(config.model, num_classes=len(classes)).to(device)
     if world > 1:
         synchronise_batchnorm(model, device)
     optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.generator_lr_scale), lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
-    usable = len(train_y) - len(train_y) % world
+    usable = data.size - data.size % world
     steps_per_epoch = math.ceil(usable / config.batch_size)
     scheduler = _schedule(optimizer, config, steps_per_epoch)
     meta = CheckpointMeta(arch=config.model, num_classes=len(classes), input_size=spec.input_size,
@@ -231,19 +246,15 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
     anneal = spec.operator == "dyconv"
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        order, generator = _epoch_order(config, epoch, len(train_y), world)
+        order, generator = _epoch_order(config, epoch, data.size, world)
         model.train()
         loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    unit="step", dynamic_ncols=True)
-        for step in bar:
+        for step, (images, y) in zip(bar, data.batches(epoch, order, generator, config.batch_size, rank, world)):
             if anneal:
                 set_temperature(model, dyconv_temperature(epoch + step / steps_per_epoch, config.anneal_epochs))
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            draws = [d[rank::world] for d in crop_flip_draws(len(batch), generator)]  # the global batch's draws
-            batch = batch[rank::world].to(train_x.device)
-            x = crop_flip(train_x[batch], *draws).to(device).float().div_(255).sub_(mean_d).div_(std_d)
-            y = train_y[batch].to(device)
+            x = images.float().div_(255).sub_(mean_d).div_(std_d)
             context = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
             with context:
                 logits = net(x)
@@ -252,14 +263,14 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, com
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(batch)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{float(loss_sum) / ((step * config.batch_size // world) + len(batch)):.3f}")
+            bar.set_postfix(loss=f"{float(loss_sum) / ((step * config.batch_size // world) + len(y)):.3f}")
         if anneal:
             set_temperature(model, dyconv_temperature(epoch + 1, config.anneal_epochs))
         loss_sum, correct = _sum_over_ranks(loss_sum, world), _sum_over_ranks(correct, world)
-        test_acc = _test_accuracy(model, test_x, test_y, mean_d, std_d, device, rank, world)
-        validation = {} if val_y is None else {"val_acc": _test_accuracy(model, val_x, val_y, mean_d, std_d, device, rank, world)}
+        test_acc = data.accuracy(model, "test", mean_d, std_d, rank, world)
+        validation = {"val_acc": data.accuracy(model, "val", mean_d, std_d, rank, world)} if data.has_validation else {}
         log_rows.append({
             "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": float(loss_sum) / usable, "train_acc": int(correct) / usable,
@@ -309,6 +320,84 @@ def _test_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     mine = labels[rank::world]
     correct = accuracy(model, images[rank::world], mine, mean, std, device) * len(mine)
     return float(_sum_over_ranks(torch.tensor(correct, dtype=torch.float64), world)) / len(labels)
+
+
+class _InMemoryData:
+    """CIFAR-size splits decoded once into uint8 tensors; pad-and-crop and flip drawn per epoch."""
+
+    def __init__(self, config: TrainConfig, size: int, device: torch.device) -> None:
+        train_x, train_y, self.classes, self.name = _load_split(config.dataset, "train", size, config.limit, config.workers)
+        train_x, train_y, val_x, val_y = _hold_out(train_x, train_y, config.holdout)
+        test_x, test_y, _, _ = _load_split(config.dataset, "test", size, None, config.workers)
+        pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)
+        self.mean, self.std = pixels.mean(1), pixels.std(1)
+        del pixels
+        if device.type != "cpu":  # the uint8 split lives on the accelerator: batches and augmentation never cross over
+            train_x, train_y = train_x.to(device), train_y.to(device)
+        self.train_x, self.train_y, self.device = train_x, train_y, device
+        self.splits = {"test": (test_x, test_y), **({} if val_y is None else {"val": (val_x, val_y)})}
+        self.size, self.has_validation = len(train_y), val_y is not None
+
+    def batches(self, epoch: int, order: torch.Tensor, generator: torch.Generator, batch_size: int, rank: int,
+                world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (uint8 images, labels) of each global batch of ``order``, on the device."""
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            draws = [d[rank::world] for d in crop_flip_draws(len(batch), generator)]  # the global batch's draws
+            batch = batch[rank::world].to(self.train_x.device)
+            yield crop_flip(self.train_x[batch], *draws).to(self.device), self.train_y[batch].to(self.device)
+
+    def accuracy(self, model: nn.Module, split: str, mean: torch.Tensor, std: torch.Tensor, rank: int,
+                 world: int) -> float:
+        images, labels = self.splits[split]
+        return _test_accuracy(model, images, labels, mean, std, self.device, rank, world)
+
+
+class _StreamedData:
+    """ImageNet-size folders (``train/`` and ``test/`` or ``val/``): training images read, decoded and
+    augmented by DataLoader workers step by step (:mod:`.data.training_stream`); validation and test
+    images as evaluation reads them (Resize + CentreCrop); normalisation from the centre crops of
+    a class-balanced sample of the training images."""
+
+    def __init__(self, config: TrainConfig, size: int, device: torch.device) -> None:
+        root = Path(config.dataset)
+        train = ImageFolderDataset(root / "train", size)
+        test_root = root / "test" if (root / "test").is_dir() or not (root / "val").is_dir() else root / "val"
+        test = ImageFolderDataset(test_root, size)
+        if test.classes != train.classes:
+            raise UsageError(f"{test_root} and {root / 'train'} have different classes; both need the same "
+                             "<class>/ folders")
+        self.classes, self.name, self.workers, self.device = train.classes, train.name, config.workers, device
+        labels = torch.tensor(train.labels)
+        keep = torch.from_numpy(balanced_subset(labels.numpy(), config.limit))
+        index, train_labels, val_index, _ = _hold_out(keep, labels[keep], config.holdout)
+        self.train_set = StreamingTrainSet([train.samples[i] for i in index.tolist()], size, config.seed)
+        self.splits: dict[str, Dataset] = {"test": test}
+        if val_index is not None:
+            self.splits["val"] = Subset(train, val_index.tolist())
+        self.size, self.has_validation = len(index), val_index is not None
+        sample = balanced_subset(train_labels.numpy(), min(STATISTICS_SAMPLE, len(index)))
+        pixels = torch.cat([x for x, _ in self._loader(Subset(train, index[sample].tolist()), batch_size=256)])
+        pixels = pixels.float().div_(255).transpose(0, 1).reshape(3, -1)
+        self.mean, self.std = pixels.mean(1), pixels.std(1)
+
+    def _loader(self, dataset: Dataset, **options) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.workers, pin_memory=self.device.type == "cuda", **options)
+
+    def batches(self, epoch: int, order: torch.Tensor, generator: torch.Generator, batch_size: int, rank: int,
+                world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (uint8 images, labels) of each global batch of ``order``, on the device."""
+        self.train_set.epoch = epoch
+        for images, labels in self._loader(self.train_set, batch_sampler=RankBatches(order, batch_size, rank, world)):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def accuracy(self, model: nn.Module, split: str, mean: torch.Tensor, std: torch.Tensor, rank: int,
+                 world: int) -> float:
+        """Accuracy on the split; under DDP each rank classifies every world-th image."""
+        dataset = self.splits[split]
+        mine = Subset(dataset, range(rank, len(dataset), world))
+        correct = count_correct(model, self._loader(mine, batch_size=256), mean, std, self.device)
+        return float(_sum_over_ranks(torch.tensor(correct, dtype=torch.float64), world)) / len(dataset)
 
 
 def _sum_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
