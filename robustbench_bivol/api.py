@@ -29,8 +29,9 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
              profile: str = "auto", jpeg: bool = False, seed: int = 0, baseline: str | None = None,
              input_size: int | None = None, mean: tuple[float, float, float] | None = None,
              std: tuple[float, float, float] | None = None, batch_size: int = 128, workers: int = 0,
-             shard_size: int | None = None, device: str = "auto", amp: bool = False, on_bad_image: str = "fail",
-             out: str | Path | bool | None = None, progress: bool = True,
+             shard_size: int | None = None, device: str = "auto", amp: bool = False, channels_last: bool = False,
+             gpu_decode: bool = True, on_bad_image: str = "fail", out: str | Path | bool | None = None,
+             progress: bool = True,
              command: str = "robustbench_bivol.evaluate()") -> Results | None:
     """Evaluate ``models`` on clean and corrupted images of ``dataset``; returns :class:`Results`
     (None on the ranks > 0 of a torch.distributed job).
@@ -49,6 +50,10 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
 
     - ``limit``: a class-balanced subset of that many images; None: every image, but on the
       built-in dataset :data:`BUILTIN_DEFAULT_LIMIT` (a first look in under 2 minutes).
+    - ``amp``: bfloat16 autocast; ``channels_last``: models and batches in channels-last memory
+      format (faster convolutions on GPUs; the same predictions in float32 on the CPU).
+    - ``gpu_decode``: on a CUDA device, decode an image folder's JPEGs there (nvjpeg); False
+      decodes them on the CPU, so that the clean images are a CPU run's bit for bit.
 
     The other options are those of ``bivol-robust evaluate`` (``corruptions`` and ``severities``
     also take lists).
@@ -85,7 +90,8 @@ def evaluate(models: Models = None, dataset: Any = BUILTIN, *, weights: str | No
                     **({} if shard_size is None else {"shard_size": shard_size}))
     run_dir = run_folder(out, dataset, keys, limit)
     store = run_on_ranks(plan, entries, data, run_dir, device, batch_size=batch_size, workers=workers, amp=amp,
-                         progress=progress, on_bad_image=on_bad_image)
+                         channels_last=channels_last, gpu_decode=gpu_decode, progress=progress,
+                         on_bad_image=on_bad_image)
     if store is None:  # rank 0 alone holds the results
         return None
     counts, per_sample, skipped = collect(store, plan.cells, len(plan.shards), keys, plan.indices)

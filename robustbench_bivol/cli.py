@@ -104,11 +104,17 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--baseline", default=None, help="Model that normalises CE (default: the static model, if any).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="Image decoding processes.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Image reading (and, on the CPU, decoding) processes; they read ahead while the models run.")
 @click.option("--shard-size", type=int, default=None,
               help="Samples per stored piece (default 512); the unit of resuming and of work per rank.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for inference.")
+@click.option("--channels-last", is_flag=True,
+              help="Run the models in channels-last memory format (faster convolutions on GPUs, above all with --amp).")
+@click.option("--gpu-decode/--no-gpu-decode", default=True, show_default=True,
+              help="On a CUDA device, decode an image folder's JPEGs there (nvjpeg); --no-gpu-decode decodes them on "
+                   "the CPU, so the clean images are a CPU run's bit for bit.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default runs/<dataset>-<models>); rerunning resumes it.")
 @click.option("--progress/--no-progress", default=True)

@@ -1,12 +1,23 @@
-"""Image folders (ImageNet val / ImageFolder layout) read as uint8 tensors at evaluation size."""
+"""Image folders (ImageNet val / ImageFolder layout) read as uint8 tensors at evaluation size.
+
+On a GPU run the JPEGs that torchvision can decode there travel still encoded
+(:meth:`ImageFolderDataset.load_encoded`) and are decoded in batches by nvjpeg
+(:meth:`ImageFolderDataset.decode_encoded`), which spares the CPU its most expensive step; every
+other file is decoded by Pillow, as on the CPU.
+"""
 from __future__ import annotations
 
+import functools
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -31,19 +42,101 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: What Pillow raises on a file it cannot read.
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_image(path: str | Path, size: int, resize: int) -> torch.Tensor:
     """Decode ``path`` to uint8 (3, size, size): Resize(shorter side=resize) + CenterCrop(size)."""
     try:
         with Image.open(path) as handle:
             image = to_rgb(handle)
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UNREADABLE as exc:
         raise BadImageError(f"cannot read image {path}: {exc}") from None
-    if image.size != (size, size):
-        # the shorter side goes to ``resize`` (>= size), so images smaller than the crop are enlarged
-        image = TF.resize(image, max(resize, size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-        image = TF.center_crop(image, [size, size])
-    return TF.pil_to_tensor(image)
+    return TF.pil_to_tensor(resize_crop(image, size, resize))
+
+
+def resize_crop(image: Image.Image | torch.Tensor, size: int, resize: int) -> Image.Image | torch.Tensor:
+    """Resize(shorter side=resize) + CenterCrop(size) of a PIL image or a uint8 (3, H, W) tensor;
+    an image already size x size is left as it is."""
+    if TF.get_dimensions(image)[1:] == [size, size]:
+        return image
+    # the shorter side goes to ``resize`` (>= size), so images smaller than the crop are enlarged
+    image = TF.resize(image, max(resize, size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG file's bytes (uint8 1-D tensor), left for :func:`decode_jpegs` to decode on the GPU."""
+
+    data: torch.Tensor
+    path: str
+
+
+#: The JPEG end-of-image marker. A file that does not end with it is truncated (or carries
+#: trailing data): Pillow, not nvjpeg, reads it, so that it is reported exactly as on the CPU.
+JPEG_END = b"\xff\xd9"
+
+
+def encoded_jpeg(path: str | Path) -> EncodedJpeg | None:
+    """The file's bytes when nvjpeg can decode it to what Pillow would give: a complete JPEG in
+    colour (YCbCr) or greyscale. None for anything else (PNG, CMYK, truncated, unreadable, ...),
+    which :func:`load_image` decodes or reports."""
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as handle:  # the header only: cheap
+            decodable = handle.format == "JPEG" and handle.mode in ("RGB", "L")
+    except UNREADABLE:
+        return None
+    if not decodable or not data.endswith(JPEG_END):
+        return None
+    return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(path))
+
+
+def decode_jpegs(encoded: Sequence[EncodedJpeg], size: int, resize: int,
+                 device: torch.device) -> list[torch.Tensor | BadImageError]:
+    """Decode JPEGs on ``device`` in one batched call (nvjpeg on a GPU), then resize and crop them
+    there as :func:`load_image` does. torchvision refuses a whole batch for one image it cannot
+    decode, so a refused batch is retried image by image, and an image refused alone goes through
+    :func:`load_image`, which decodes it or reports it: its :class:`BadImageError` is returned in
+    its place, for the caller's bad-image policy."""
+    try:
+        decoded: list[torch.Tensor | None] = list(_decode_jpegs([item.data for item in encoded], device))
+    except RuntimeError:
+        decoded = [_decode_one(item.data, device) for item in encoded]
+    out: list[torch.Tensor | BadImageError] = []
+    for item, image in zip(encoded, decoded):
+        if image is not None:
+            out.append(resize_crop(image, size, resize))
+            continue
+        try:
+            out.append(load_image(item.path, size, resize).to(device))
+        except BadImageError as exc:
+            out.append(exc)
+    return out
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
+        return _decode_jpegs([data], device)[0]
+    except RuntimeError:
+        return None
+
+
+@functools.cache
+def can_decode_jpeg_on(device: torch.device) -> bool:
+    """Whether torchvision decodes JPEGs on ``device`` (its CUDA builds have nvjpeg), tried once."""
+    try:
+        _decode_jpegs([encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))], device)
+    except RuntimeError:
+        return False
+    return True
 
 
 def default_resize(size: int) -> int:
@@ -88,3 +181,14 @@ class ImageFolderDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return load_image(path, self.size, self.resize), label
+
+    def load_encoded(self, index: int) -> tuple[torch.Tensor | EncodedJpeg, int]:
+        """Item ``index`` with its file left encoded where nvjpeg can decode it
+        (:meth:`decode_encoded` then does), else decoded here as by ``dataset[index]``."""
+        path, label = self.samples[index]
+        return encoded_jpeg(path) or load_image(path, self.size, self.resize), label
+
+    def decode_encoded(self, encoded: Sequence[EncodedJpeg],
+                       device: torch.device) -> list[torch.Tensor | BadImageError]:
+        """The images of :meth:`load_encoded`'s encoded files, decoded on ``device``."""
+        return decode_jpegs(encoded, self.size, self.resize, device)
