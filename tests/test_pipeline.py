@@ -1,8 +1,11 @@
 """The GPU input pipeline, checked on the CPU: channels-last inference predicts what the default
 does, the decode-on-the-device path (run here with torchvision's CPU decoder) reads what Pillow
-reads and reports bad files alike, and the decode location is chosen as documented."""
+reads and reports bad files alike, the decode location is chosen as documented, and the pipeline
+benchmark runs end to end."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from robustbench_bivol.data.folder import BadImageError, EncodedJpeg, decode_jpe
 from robustbench_bivol.evaluation import engine
 from robustbench_bivol.evaluation.engine import CorruptOnTheFly, decode_device
 
+ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ["resnet20", "bivol_resnet20", "condconv_resnet20", "dyconv_resnet20", "involution_resnet20"]
 SIZE = 32
 
@@ -153,3 +157,14 @@ def test_gpu_decode_off_never_decodes_on_the_device(jpeg_folder, monkeypatch):
     CorruptOnTheFly(data, on_bad_image="skip").load(np.arange(len(data)))
     assert asked == [torch.device("cpu")]
 
+
+@pytest.mark.benchmark
+def test_pipeline_benchmark_runs_end_to_end(tmp_path):
+    """Its one command works, at tiny sizes (seconds); the figures themselves are not checked."""
+    out = tmp_path / "pipeline.md"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--images", "8",
+                             "--batch-size", "4", "--repeats", "1", "--channels-last", "--out", str(out)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| (a) pipeline" in result.stdout and "(a)/(b)" in result.stdout
+    assert out.read_text().strip() in result.stdout
