@@ -44,6 +44,9 @@ import torch
 from . import native
 from .seeding import sample_seed
 
+#: Names the random streams in a run's configuration: results drawn from other streams (the
+#: per-image torch generators before 2026-11-30) are never resumed into or compared with these.
+STREAMS = "philox4x32-10"
 SOURCE = Path(__file__).with_name("csrc") / "philox.c"
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 _MASK = 0xFFFFFFFF

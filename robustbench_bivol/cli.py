@@ -258,6 +258,9 @@ def fourier_cli(models: tuple[str, ...], default_weights: str | None, eps: str, 
 @click.option("--amp", is_flag=True, help="bfloat16 autocast.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Train on a class-balanced subset of N images.")
+@click.option("--holdout", type=int, default=0, show_default=True,
+              help="Hold out a class-balanced N of the training images as a validation split (logged as "
+                   "val_acc) for choosing a recipe without looking at the test split.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,

@@ -25,7 +25,8 @@ from .html_report import write_html
 from .io import atomic_write_json, atomic_write_text
 
 #: run.json keys that must agree for results to be comparable.
-SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_quality", "clean_dataset")
+SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_quality", "clean_dataset",
+             "random_streams")
 
 
 def _load_run(path: Path) -> dict[str, Any]:

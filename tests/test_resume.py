@@ -1,6 +1,8 @@
 """A run stopped half-way resumes: same results as an uninterrupted run, finished pieces not redone."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -85,3 +87,15 @@ def test_interrupted_run_resumes_without_recomputing(setup, tmp_path, monkeypatc
     calls.clear()
     assert CliRunner().invoke(main, _args(setup, out)).exit_code == 0
     assert calls == []
+
+
+def test_a_run_drawn_from_other_random_streams_is_not_resumed(setup, tmp_path):
+    """Cells corrupted with the random numbers of before the Philox streams (their run.json has
+    no ``random_streams``) must not mix with new ones: the rerun is refused and says why."""
+    out = tmp_path / "old"
+    assert CliRunner().invoke(main, _args(setup, out)).exit_code == 0
+    config = json.loads((out / "run.json").read_text())
+    assert config.pop("random_streams") == "philox4x32-10"
+    (out / "run.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, _args(setup, out))
+    assert result.exit_code == 2 and "differs in: random_streams" in result.output

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import corruptions
+from corruptions.philox import STREAMS
 
 from ..checkpoint import CheckpointMeta
 from ..data.folder import BadImageError, EncodedJpeg, can_decode_jpeg_on
@@ -108,6 +109,7 @@ class EvalPlan:
             "seed": self.seed,
             "profile": self.profile,
             "jpeg_quality": self.jpeg_quality,
+            "random_streams": STREAMS,
             "shard_size": self.shard_size,
             "models": {m.name: m.weights for m in models},
             **self.extra_config,
