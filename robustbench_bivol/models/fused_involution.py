@@ -1,19 +1,22 @@
-"""Fused involution aggregation on the CPU: one C++ pass (OpenMP via torch's thread pool, SIMD).
+"""Fused involution aggregation: one C++ pass on the CPU, Triton kernels on CUDA; forward and backward.
 
 Why: the pure-torch aggregation (:func:`operators._aggregate_torch`) makes K*K memory-bound passes
-over the output (``addcmul_``); the fused kernel (``csrc/involution_cpu.cpp``) reads each input
-row band once per channel, accumulates the K*K taps in fp32 (fp64 for double) and writes the
-output once; its backward gives the input gradient as a gather (no atomics) and the kernel
-gradient as a reduction over each group's channels.
+over the output (``addcmul_``); the fused kernel (``csrc/involution_cpu.cpp``; on CUDA
+:mod:`.triton_involution`) reads each input row band once per channel, accumulates the K*K taps
+in fp32 (fp64 for double) and writes the output once; its backward gives the input gradient as a
+gather (no atomics) and the kernel gradient as a reduction over each group's channels. Both
+backends share this module's dispatch (:func:`applies`), dtype promotion and autograd Function.
 
-The extension is compiled at first use with ``torch.utils.cpp_extension`` (ninja and a C++
+The CPU extension is compiled at first use with ``torch.utils.cpp_extension`` (ninja and a C++
 compiler; ``-O3 -march=native``) into a cache folder, ``$BIVOL_EXT_DIR`` or
 ``$TORCH_EXTENSIONS_DIR/robustbench_bivol`` or ``~/.cache/robustbench_bivol/ext``. The build
 name hashes the source, the flags, the compiler, torch's version and the CPU model and flags, so
 a cache shared between machines never loads a binary built for another CPU; torch builds under a
-file lock, so concurrent processes compile once. ``BIVOL_FUSED`` chooses: ``auto`` (default: the
-fused kernel where it applies, else the torch path, with one warning if the build fails), ``0``
-(always the torch path), ``1`` (the fused kernel, raising if it cannot be built or applied).
+file lock, so concurrent processes compile once. The Triton kernels are imported at the first
+CUDA call (Triton compiles and caches them per shape class). ``BIVOL_FUSED`` chooses: ``auto``
+(default: the fused kernel where it applies, else the torch path, with one warning if the
+extension cannot be built or triton imported), ``0`` (always the torch path), ``1`` (the fused
+kernel, raising if it cannot be built or applied).
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ import functools
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import torch
 
@@ -30,7 +35,21 @@ from corruptions import native
 
 SOURCE = Path(__file__).with_name("csrc") / "involution_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
-DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+#: The dtypes the fused kernels of each device type serve.
+DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),
+          "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+Geometry = tuple[int, int, int, int, int]  # kernel_size, stride, dilation, pad_top, pad_left
+
+
+class Backend(Protocol):
+    """The fused kernels' interface: the C++ extension's, which :mod:`.triton_involution` mirrors."""
+
+    def forward(self, x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                pad_top: int, pad_left: int) -> torch.Tensor: ...
+
+    def backward(self, grad_out: torch.Tensor, x: torch.Tensor, kernels: torch.Tensor, kernel_size: int,
+                 stride: int, dilation: int, pad_top: int, pad_left: int, need_input: bool,
+                 need_kernels: bool) -> Sequence[torch.Tensor | None]: ...
 
 
 def mode() -> str:
@@ -84,51 +103,80 @@ def extension() -> ModuleType | None:
     try:
         return _build()
     except Exception as err:  # compiler, ninja or headers missing, build error
-        if mode() == "1":
-            raise RuntimeError(f"BIVOL_FUSED=1 but the fused involution kernel cannot be built: {err}") from err
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        warnings.warn(f"fused involution kernel unavailable ({first_line}); using the pure-torch aggregation",
-                      RuntimeWarning, stacklevel=2)
-        return None
+        return _unavailable("built", err)
+
+
+@functools.cache
+def triton_kernels() -> ModuleType | None:
+    """The Triton kernels (:mod:`.triton_involution`, imported on first call: triton is only needed
+    on CUDA); None if triton cannot be imported (one warning), unless ``BIVOL_FUSED=1``, which raises."""
+    try:
+        from . import triton_involution
+    except Exception as err:  # triton missing (CPU-only and Windows wheels of torch) or broken
+        return _unavailable("imported", err)
+    return triton_involution
+
+
+def _unavailable(failed: str, err: Exception) -> None:
+    if mode() == "1":
+        raise RuntimeError(f"BIVOL_FUSED=1 but the fused involution kernel cannot be {failed}: {err}") from err
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    warnings.warn(f"fused involution kernel unavailable ({first_line}); using the pure-torch aggregation",
+                  RuntimeWarning, stacklevel=3)
+
+
+def backend(device: torch.device) -> Backend | None:
+    """The fused kernels for ``device``: the C++ extension on the CPU, Triton's on CUDA GPUs of
+    compute capability 7.0 or later (Triton's oldest, as torch.compile checks); None for other
+    devices or where they cannot be loaded."""
+    if device.type == "cpu":
+        return extension()
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0):
+        return triton_kernels()
+    return None
 
 
 def applies(x: torch.Tensor, kernels: torch.Tensor) -> bool:
-    """Whether the fused kernel serves this call (``BIVOL_FUSED`` and device/dtype permitting)."""
+    """Whether a fused kernel serves this call (``BIVOL_FUSED`` and device/dtype permitting)."""
     choice = mode()
     if choice == "0":
         return False
     dtype = torch.result_type(x, kernels)
-    supported = x.device.type == "cpu" and kernels.device.type == "cpu" and dtype in DTYPES
-    if choice == "1" and not supported:
+    serves = (x.device == kernels.device and dtype in DTYPES.get(x.device.type, ())
+              and backend(x.device) is not None)
+    if choice == "1" and not serves:
         raise RuntimeError(f"BIVOL_FUSED=1: no fused involution kernel for {x.device.type} {dtype}")
-    return supported and extension() is not None
+    return serves
 
 
 class _Aggregate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, kernels: torch.Tensor, geometry: tuple[int, int, int, int, int]) -> torch.Tensor:
-        ctx.geometry = geometry
+    def forward(ctx, x: torch.Tensor, kernels: torch.Tensor, fused: Backend, geometry: Geometry) -> torch.Tensor:
+        ctx.fused, ctx.geometry = fused, geometry
         ctx.save_for_backward(x, kernels)
-        return extension().forward(x, kernels, *geometry)
+        return fused.forward(x, kernels, *geometry)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, kernels = ctx.saved_tensors
-        grad_x, grad_k = extension().backward(grad_out.contiguous(), x, kernels, *ctx.geometry,
-                                              ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return grad_x, grad_k, None
+        grad_x, grad_k = ctx.fused.backward(grad_out.contiguous(), x, kernels, *ctx.geometry,
+                                            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return grad_x, grad_k, None, None
 
 
 def aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int, dilation: int,
-              pad_top: int, pad_left: int) -> torch.Tensor:
+              pad_top: int, pad_left: int, fused: Backend | None = None) -> torch.Tensor:
     """The fused aggregation (see :func:`operators.involution_aggregate`) of an unpadded ``x``.
 
     Input row ``s*i + d*u - pad_top`` (column likewise), zero outside ``x``; the output takes the
     kernel map's size. Inputs are promoted to their common dtype (autocast may mix fp32 and bf16).
+    ``fused``: the kernels to run, by default those of x's device (:func:`backend`); the tests pass
+    :mod:`.triton_involution` with CPU tensors, which Triton's interpreter runs.
     """
     dtype = torch.result_type(x, kernels)
     x, kernels = x.to(dtype), kernels.to(dtype).contiguous()
-    if x.stride(-1) != 1:  # channels_last or column-strided: the kernel walks rows
+    if x.stride(-1) != 1:  # channels_last or column-strided: the kernels walk rows
         x = x.contiguous()
-    return _Aggregate.apply(x, kernels, (kernel_size, stride, dilation, pad_top, pad_left))
+    fused = backend(x.device) if fused is None else fused
+    return _Aggregate.apply(x, kernels, fused, (kernel_size, stride, dilation, pad_top, pad_left))

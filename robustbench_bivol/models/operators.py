@@ -3,9 +3,9 @@
 Every class takes ``(in_channels, out_channels, stride)`` first, so a backbone's ``conv3x3``
 factory can return any of them. Dynamic operators compute per-example or per-position kernels
 without Python loops over examples: CondConv and DyConv fold the batch into the groups of one
-grouped convolution; involution accumulates over the K*K kernel offsets (one fused C++ pass on
-the CPU, :mod:`.fused_involution`; a fixed, small loop elsewhere) instead of materialising the
-K*K-times larger unfolded input; in eval mode it also generates and
+grouped convolution; involution accumulates over the K*K kernel offsets (one fused pass, C++ on
+the CPU and Triton on CUDA, :mod:`.fused_involution`; a fixed, small loop elsewhere) instead of
+materialising the K*K-times larger unfolded input; in eval mode it also generates and
 aggregates its per-position kernels a few output rows at a time (see :class:`Involution2d`).
 """
 from __future__ import annotations
@@ -131,8 +131,9 @@ def involution_aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: in
 def _aggregate(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, stride: int, dilation: int,
                pad_top: int, pad_left: int) -> torch.Tensor:
     """:func:`involution_aggregate` (no size checks) reading input row ``s*i + d*u - pad_top``
-    (columns likewise, zeros outside x): the one dispatch of both call sites. The fused CPU
-    kernel (:mod:`.fused_involution`, ``BIVOL_FUSED``) where it applies, else the torch loop."""
+    (columns likewise, zeros outside x): the one dispatch of both call sites. The fused kernel of
+    x's device (:mod:`.fused_involution`, ``BIVOL_FUSED``: C++ on the CPU, Triton on CUDA) where
+    it applies, else the torch loop."""
     if fused_involution.applies(x, kernels):
         return fused_involution.aggregate(x, kernels, kernel_size, stride, dilation, pad_top, pad_left)
     return _aggregate_torch(x, kernels, kernel_size, stride, dilation, pad_top, pad_left)
