@@ -33,9 +33,10 @@
    (one forward of each model per round) so background load hits all alike; median latency and
    ratio to resnet50. Target: bivol_resnet50 <= 1.5x resnet50 on CPU (PASS/FAIL).
 
-3. Involution aggregation (CPU): the fused C++ kernel against the pure-torch path, forward and
-   forward+backward, fp32 and bf16, at the CIFAR models' shapes (K=3, 4 and 16 channels per
-   group, batch 128) and RedNet-50's stages (K=7, batch 32; --quick: batch <= 8, spatial /2).
+3. Involution aggregation: the fused kernel (C++ on the CPU, Triton with --device cuda) against
+   the pure-torch path, forward and forward+backward, fp32 and bf16, at the CIFAR models' shapes
+   (K=3, 4 and 16 channels per group, batch 128) and RedNet-50's stages (K=7, batch 32; --quick:
+   batch <= 8, spatial /2).
 
 4. CIFAR training throughput: every registered ResNet-20 variant, one SGD step per model per
    round (interleaved), batch 128 (--quick: 16), 32x32, fp32 and bf16 autocast; images/s and
@@ -285,11 +286,10 @@ def model_table(device: torch.device, quick: bool, warmup: int, repeats: int) ->
 
 # ----------------------------------------------------------------------------- 3. aggregation
 
-def aggregation_table(quick: bool, warmup: int, repeats: int) -> str:
-    """The involution aggregation alone, fused kernel against the pure-torch path (CPU)."""
+def aggregation_table(device: torch.device, quick: bool, warmup: int, repeats: int) -> str:
+    """The involution aggregation alone, the device's fused kernel against the pure-torch path."""
     shapes = [(min(b, 8), c, -(-s // 2), gc, k, st) for b, c, s, gc, k, st in AGGREGATION_SHAPES] \
         if quick else AGGREGATION_SHAPES
-    cpu = torch.device("cpu")
     lines = ["| dtype | B | C@HxW | gc | K | stride | torch fwd ms | fused fwd ms | speed-up | "
              "torch fwd+bwd ms | fused fwd+bwd ms | speed-up |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -297,19 +297,19 @@ def aggregation_table(quick: bool, warmup: int, repeats: int) -> str:
         for b, c, s, gc, k, stride in shapes:
             torch.manual_seed(0)
             ho, pad = (s - 1) // stride + 1, (k - 1) // 2
-            x = torch.randn(b, c, s, s, dtype=dtype, requires_grad=True)
-            kernels = torch.randn(b, c // gc, k * k, ho, ho, dtype=dtype, requires_grad=True)
+            x = torch.randn(b, c, s, s, dtype=dtype, device=device, requires_grad=True)
+            kernels = torch.randn(b, c // gc, k * k, ho, ho, dtype=dtype, device=device, requires_grad=True)
             cells = []
             for fn in (_aggregate_torch, fused_involution.aggregate):
                 def forward(fn=fn) -> torch.Tensor:
                     return fn(x, kernels, k, stride, 1, pad, pad)
 
                 def train(forward=forward) -> None:
-                    forward().backward(torch.ones(b, c, ho, ho, dtype=dtype))
+                    forward().backward(torch.ones(b, c, ho, ho, dtype=dtype, device=device))
 
                 with torch.no_grad():
-                    fwd = median_time(forward, cpu, warmup, repeats)
-                cells.append((fwd, median_time(train, cpu, warmup, repeats)))
+                    fwd = median_time(forward, device, warmup, repeats)
+                cells.append((fwd, median_time(train, device, warmup, repeats)))
             (tf, tt), (ff, ft) = cells
             lines.append(f"| {str(dtype)[6:]} | {b} | {c}@{s}x{s} | {gc} | {k} | {stride} | {ms(tf)} | {ms(ff)} | "
                          f"{tf / ff:.1f}x | {ms(tt)} | {ms(ft)} | {tt / ft:.1f}x |")
@@ -402,12 +402,12 @@ Models: one forward of each model per round, rounds interleaved so that backgrou
 models alike; median over {model_repeats} rounds after {model_warmup} warm-up call(s)."""
 
 AGGREGATION_METHOD = """The aggregation alone (`involution_aggregate`'s two implementations): the pure-torch path
-(K*K in-place multiply-adds of strided views, `BIVOL_FUSED=0`) and the fused C++ kernel
-(`robustbench_bivol/models/fused_involution.py`, the default on the CPU), on random inputs and
-kernels. fwd: no_grad; fwd+bwd: forward and backward to the input and the kernels. Median of
+(K*K in-place multiply-adds of strided views, `BIVOL_FUSED=0`) and the fused kernel
+(`robustbench_bivol/models/fused_involution.py`, the default: C++ on the CPU, Triton on CUDA), on
+random inputs and kernels. fwd: no_grad; fwd+bwd: forward and backward to the input and the kernels. Median of
 {repeats} calls after {warmup} warm-up call(s). Shapes: the CIFAR models' (K=3; gc = channels per
 group: 4 for the wide involution models, 16 for involution_resnet20 / bivol_resnet20, batch 128)
-and RedNet-50's stages (K=7, gc=16, batch 32). bf16 accumulates in fp32 in the fused kernel."""
+and RedNet-50's stages (K=7, gc=16, batch 32). bf16 accumulates in fp32 in the fused kernels."""
 
 TRAINING_METHOD = """Training throughput: one SGD step (momentum 0.9, cross-entropy, random 32x32 images and labels,
 batch 128, train mode) of each model per round, rounds interleaved so that background load hits
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     print(mem_line + "\n", flush=True)
     models_text, lat_ok = ("", True) if args.skip_models else model_table(device, args.quick, model_warmup,
                                                                           model_repeats)
-    agg_text = aggregation_table(args.quick, agg_warmup, agg_repeats) if device.type == "cpu" else ""
+    agg_text = aggregation_table(device, args.quick, agg_warmup, agg_repeats)
     train_text, train_ok = ("", True) if args.skip_models else training_table(device, args.quick, train_warmup,
                                                                                train_rounds)
     elapsed = time.perf_counter() - t0
@@ -490,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.skip_models:
         report += ["", "## 2. Model latency", "", models_text]
-    if agg_text:
-        report += ["", "## 3. Involution aggregation: fused kernel vs pure torch", "",
-                   AGGREGATION_METHOD.format(repeats=agg_repeats, warmup=agg_warmup), "", agg_text]
+    report += ["", "## 3. Involution aggregation: fused kernel vs pure torch", "",
+               AGGREGATION_METHOD.format(repeats=agg_repeats, warmup=agg_warmup), "", agg_text]
     if not args.skip_models:
         report += ["", "## 4. CIFAR training throughput", "",
                    TRAINING_METHOD.format(rounds=train_rounds, warmup=train_warmup), "", train_text]
