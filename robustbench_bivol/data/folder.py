@@ -46,15 +46,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def load_image(path: str | Path, size: int, resize: int) -> torch.Tensor:
-    """Decode ``path`` to uint8 (3, size, size): Resize(shorter side=resize) + CenterCrop(size)."""
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB PIL image; a file Pillow cannot read is a BadImageError."""
     try:
         with Image.open(path) as handle:
             image = to_rgb(handle)
             image.load()
     except UNREADABLE as exc:
         raise BadImageError(f"cannot read image {path}: {exc}") from None
-    return TF.pil_to_tensor(resize_crop(image, size, resize))
+    return image
+
+
+def load_image(path: str | Path, size: int, resize: int) -> torch.Tensor:
+    """Decode ``path`` to uint8 (3, size, size): Resize(shorter side=resize) + CenterCrop(size)."""
+    return TF.pil_to_tensor(resize_crop(open_rgb(path), size, resize))
 
 
 def resize_crop(image: Image.Image | torch.Tensor, size: int, resize: int) -> Image.Image | torch.Tensor:

@@ -13,13 +13,12 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from corruptions.seeding import sample_seed
 
-from .folder import UNREADABLE, BadImageError, to_rgb
+from .folder import open_rgb
 
 #: The random resized crop of torchvision's ImageNet training recipe.
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -62,12 +61,7 @@ class StreamingTrainSet(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as handle:
-                image = to_rgb(handle)
-                image.load()
-        except UNREADABLE as exc:
-            raise BadImageError(f"cannot read training image {path}: {exc}") from None
+        image = open_rgb(path)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, index, _STREAM, self.epoch))
         top, left, h, w = random_resized_crop_box(*image.size, generator)
         image = TF.resized_crop(image, top, left, h, w, [self.size, self.size],
