@@ -25,15 +25,22 @@ TILE = 1024
 
 
 @triton.jit
-def _forward_kernel(x_ptr, k_ptr, out_ptr, sxb, sxc, sxh, C, H, W, GC, HO, WO, PT, PL, CBLOCKS, TILES,
-                    K: tl.constexpr, S: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    # Program: (example b, group g, block of BLOCK_C of its channels) x (BLOCK_P output positions).
+def _channel_block(C, GC, CBLOCKS, TILES, BLOCK_C: tl.constexpr):
+    """(tile, example b, example x group bg, the block's channel offsets c in the group, their
+    channels ch, c < GC) of this program: (b, g, block of BLOCK_C channels) x TILES tiles."""
     pid = tl.program_id(0)
     tile, bgc = pid % TILES, pid // TILES
     bg, c = bgc // CBLOCKS, (bgc % CBLOCKS) * BLOCK_C + tl.arange(0, BLOCK_C)
     b, ch = bg // (C // GC), (bg % (C // GC)) * GC + c
-    c_ok = c < GC
+    return tile, b, bg, ch, c < GC
+
+
+@triton.jit
+def _forward_kernel(x_ptr, k_ptr, out_ptr, sxb, sxc, sxh, C, H, W, GC, HO, WO, PT, PL, CBLOCKS, TILES,
+                    K: tl.constexpr, S: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    # Program: (example b, group g, block of BLOCK_C of its channels) x (BLOCK_P output positions).
+    tile, b, bg, ch, c_ok = _channel_block(C, GC, CBLOCKS, TILES, BLOCK_C)
     p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < HO * WO
     i, j = p // WO, p % WO
@@ -60,11 +67,7 @@ def _grad_input_kernel(go_ptr, k_ptr, gx_ptr, C, H, W, GC, HO, WO, PT, PL, CBLOC
     # grad_x[b, ch, y, x] = sum over taps (u, v) with s*i + d*u - pt = y, s*j + d*v - pl = x of
     # k[b, g, uv, i, j] * grad_out[b, ch, i, j]: a gather over BLOCK_P input positions, so no two
     # programs write the same element.
-    pid = tl.program_id(0)
-    tile, bgc = pid % TILES, pid // TILES
-    bg, c = bgc // CBLOCKS, (bgc % CBLOCKS) * BLOCK_C + tl.arange(0, BLOCK_C)
-    b, ch = bg // (C // GC), (bg % (C // GC)) * GC + c
-    c_ok = c < GC
+    tile, b, bg, ch, c_ok = _channel_block(C, GC, CBLOCKS, TILES, BLOCK_C)
     q = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     q_ok = q < H * W
     y, x = q // W, q % W
