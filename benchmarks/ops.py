@@ -47,6 +47,7 @@ torch runs on one CPU thread by default (--threads): on a shared machine extra t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import statistics
@@ -64,7 +65,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the naive references live with the tests
 from _naive import naive_forward
 
-from robustbench_bivol.models import create_model, fused_involution, list_models, model_spec
+from robustbench_bivol.models import create_model, fused_generator, fused_involution, list_models, model_spec
 from robustbench_bivol.models.operators import (
     Bivolution2d,
     CondConv2d,
@@ -317,6 +318,55 @@ def aggregation_table(device: torch.device, quick: bool, warmup: int, repeats: i
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- 3b. kernel generator
+
+#: (batch, channels, size, reduced, span outputs): CIFAR ResNet-20 stages (narrow and wide), then
+#: RedNet-50's first and third stages: the shapes behind fused_generator's thresholds.
+GENERATOR_SHAPES = ((128, 16, 32, 4, 9), (128, 32, 16, 8, 18), (128, 64, 8, 16, 36), (128, 32, 32, 8, 72),
+                    (128, 64, 16, 16, 144), (128, 128, 8, 32, 288), (32, 64, 56, 16, 196), (32, 256, 14, 64, 784))
+
+
+def generator_table(quick: bool, warmup: int, repeats: int) -> str:
+    """The kernel generator's two passes, fused C++ against the torch modules (oneDNN), CPU only,
+    every shape fused whatever the thresholds say; "used" marks where the thresholds fuse it."""
+    shapes = [(min(b, 8), c, s, r, o) for b, c, s, r, o in GENERATOR_SHAPES] if quick else GENERATOR_SHAPES
+    lines = ["| dtype | B | C@HxW | reduced | span out | separable train ms torch / fused | infer | used | "
+             "ReLU+span train ms torch / fused | infer | used |",
+             "|---|---:|---|---:|---:|---|---|:---:|---|---|:---:|"]
+    thresholds = (fused_generator.MIN_PIXELS, fused_generator.MAX_SEPARABLE_CHANNELS,
+                  fused_generator.MAX_POINTWISE_MACS)
+    device = torch.device("cpu")
+    for dtype in (torch.float32, torch.bfloat16):
+        for b, c, size, r, o in shapes:
+            torch.manual_seed(0)
+            x = torch.randn(b, c, size, size, dtype=dtype, requires_grad=True)
+            n = torch.randn(b, r, size, size, dtype=dtype, requires_grad=True)
+            depthwise = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False).to(dtype)
+            reduce, span, relu = nn.Conv2d(c, r, 1, bias=False).to(dtype), nn.Conv2d(r, o, 1).to(dtype), nn.ReLU()
+            passes = ((lambda: fused_generator.separable(x, depthwise, reduce), c, thresholds[1]),
+                      (lambda: fused_generator.relu_pointwise(n, relu, span), r * o, thresholds[2]))
+            cells = []
+            for run, macs, limit in passes:
+                times = {}
+                for fused in (False, True):
+                    if fused:  # every shape, whatever the thresholds
+                        fused_generator.MIN_PIXELS, fused_generator.MAX_SEPARABLE_CHANNELS, \
+                            fused_generator.MAX_POINTWISE_MACS = 0, 1 << 30, 1 << 30
+                    with contextlib.nullcontext() if fused else fused_involution.torch_path():
+                        train = median_time(lambda: run().sum().backward(), device, warmup, repeats)
+                        with torch.no_grad():
+                            infer = median_time(run, device, warmup, repeats)
+                    times[fused] = (train, infer)
+                fused_generator.MIN_PIXELS, fused_generator.MAX_SEPARABLE_CHANNELS, \
+                    fused_generator.MAX_POINTWISE_MACS = thresholds
+                used = size * size >= thresholds[0] and macs <= limit
+                cells.append(f"{ms(times[False][0])} / {ms(times[True][0])} | {ms(times[False][1])} / "
+                             f"{ms(times[True][1])} | {'yes' if used else 'no'}")
+            lines.append(f"| {str(dtype)[6:]} | {b} | {c}@{size}x{size} | {r} | {o} | {cells[0]} | {cells[1]} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- 4. CIFAR training
 
 def cifar_family() -> list[str]:
@@ -401,6 +451,14 @@ Bivolution2d <= {target}x the static conv in both modes.
 Models: one forward of each model per round, rounds interleaved so that background load hits all
 models alike; median over {model_repeats} rounds after {model_warmup} warm-up call(s)."""
 
+GENERATOR_METHOD = """The kernel generator's two passes (`robustbench_bivol/models/fused_generator.py`): `separable` =
+depth-wise 3x3 + 1x1 reduction (SAKG's spatial context extractor and the generator's first conv),
+`ReLU+span` = ReLU + the span 1x1 (with bias); torch = the `nn.Conv2d` modules (oneDNN), fused =
+the C++ passes. train = forward + backward of the sum, infer = forward under no_grad; median of
+{repeats} after {warmup} warm-up call(s). `used`: whether `fused_generator`'s thresholds (maps of
+at least MIN_PIXELS pixels, at most MAX_SEPARABLE_CHANNELS input channels / MAX_POINTWISE_MACS
+multiply-adds per pixel) fuse that shape in a model."""
+
 AGGREGATION_METHOD = """The aggregation alone (`involution_aggregate`'s two implementations): the pure-torch path
 (K*K in-place multiply-adds of strided views, `BIVOL_FUSED=0`) and the fused kernel
 (`robustbench_bivol/models/fused_involution.py`, the default: C++ on the CPU, Triton on CUDA), on
@@ -462,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     models_text, lat_ok = ("", True) if args.skip_models else model_table(device, args.quick, model_warmup,
                                                                           model_repeats)
     agg_text = aggregation_table(device, args.quick, agg_warmup, agg_repeats)
+    gen_text = generator_table(args.quick, agg_warmup, agg_repeats) if device.type == "cpu" else ""
     train_text, train_ok = ("", True) if args.skip_models else training_table(device, args.quick, train_warmup,
                                                                                train_rounds)
     elapsed = time.perf_counter() - t0
@@ -492,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         report += ["", "## 2. Model latency", "", models_text]
     report += ["", "## 3. Involution aggregation: fused kernel vs pure torch", "",
                AGGREGATION_METHOD.format(repeats=agg_repeats, warmup=agg_warmup), "", agg_text]
+    if gen_text:
+        report += ["", "## 3b. Kernel generator: fused passes vs the torch modules (CPU)", "",
+                   GENERATOR_METHOD.format(repeats=agg_repeats, warmup=agg_warmup), "", gen_text]
     if not args.skip_models:
         report += ["", "## 4. CIFAR training throughput", "",
                    TRAINING_METHOD.format(rounds=train_rounds, warmup=train_warmup), "", train_text]

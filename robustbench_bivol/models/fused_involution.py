@@ -1,5 +1,8 @@
 """Fused involution aggregation: one C++ pass on the CPU, Triton kernels on CUDA; forward and backward.
 
+This module also builds and dispatches the C++ extension for :mod:`.fused_generator` (the
+kernel generator's fused CPU passes), which lives in the same extension.
+
 Why: the pure-torch aggregation (:func:`operators._aggregate_torch`) makes K*K memory-bound passes
 over the output (``addcmul_``); the fused kernel (``csrc/involution_cpu.cpp``; on CUDA
 :mod:`.triton_involution`) reads each input row band once per channel, accumulates the K*K taps
@@ -20,11 +23,13 @@ kernel, raising if it cannot be built or applied).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
@@ -33,7 +38,10 @@ import torch
 
 from corruptions import native
 
-SOURCE = Path(__file__).with_name("csrc") / "involution_cpu.cpp"
+CSRC = Path(__file__).with_name("csrc")
+#: The extension's translation units (the first holds the bindings) and the headers they share.
+SOURCES = (CSRC / "involution_cpu.cpp", CSRC / "kernel_generator_cpu.cpp")
+HEADERS = (CSRC / "common.h", CSRC / "kernel_generator_cpu.h")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 #: The dtypes the fused kernels of each device type serve.
 DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),
@@ -52,8 +60,24 @@ class Backend(Protocol):
                  need_kernels: bool) -> Sequence[torch.Tensor | None]: ...
 
 
+_TORCH_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar("bivol_torch_path", default=False)
+
+
+@contextlib.contextmanager
+def torch_path() -> Iterator[None]:
+    """Run the pure-torch modules inside, whatever ``BIVOL_FUSED`` says: so that FlopCounterMode
+    and module hooks see every convolution of the kernel generators (:mod:`.profile`)."""
+    token = _TORCH_PATH.set(True)
+    try:
+        yield
+    finally:
+        _TORCH_PATH.reset(token)
+
+
 def mode() -> str:
-    """``BIVOL_FUSED``: ``auto`` | ``0`` | ``1``."""
+    """``BIVOL_FUSED``: ``auto`` | ``0`` | ``1`` (``0`` inside :func:`torch_path`)."""
+    if _TORCH_PATH.get():
+        return "0"
     value = os.environ.get("BIVOL_FUSED", "auto").strip().lower()
     if value not in ("auto", "0", "1"):
         raise ValueError(f"BIVOL_FUSED must be auto, 0 or 1, got {value!r}")
@@ -63,8 +87,9 @@ def mode() -> str:
 def build_name() -> str:
     """Extension name: a hash of everything that makes a binary valid for this machine."""
     cxx = native.compiler()
-    return native.build_name("bivol_involution", SOURCE.read_bytes().decode(), " ".join(CFLAGS),
-                             native.compiler_version(cxx), torch.__version__)
+    code = "".join(path.read_text() for path in SOURCES + HEADERS)
+    return native.build_name("bivol_involution", code, " ".join(CFLAGS), native.compiler_version(cxx),
+                             torch.__version__)
 
 
 def _import_cpp_extension() -> ModuleType:
@@ -92,7 +117,7 @@ def _build() -> ModuleType:
     name = build_name()
     folder = native.cache_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+    return cpp_extension.load(name, [str(path) for path in SOURCES], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                               build_directory=str(folder), verbose=False)
 
 

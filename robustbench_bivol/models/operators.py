@@ -5,8 +5,10 @@ factory can return any of them. Dynamic operators compute per-example or per-pos
 without Python loops over examples: CondConv and DyConv fold the batch into the groups of one
 grouped convolution; involution accumulates over the K*K kernel offsets (one fused pass, C++ on
 the CPU and Triton on CUDA, :mod:`.fused_involution`; a fixed, small loop elsewhere) instead of
-materialising the K*K-times larger unfolded input; in eval mode it also generates and
-aggregates its per-position kernels a few output rows at a time (see :class:`Involution2d`).
+materialising the K*K-times larger unfolded input; its kernel generator runs as two fused C++
+passes on the CPU where that was measured to beat oneDNN (:mod:`.fused_generator`); in eval mode
+it also generates and aggregates its per-position kernels a few output rows at a time (see
+:class:`Involution2d`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import fused_involution
+from . import fused_generator, fused_involution
 
 
 def _kaiming_experts(weight: torch.Tensor) -> None:
@@ -264,20 +266,16 @@ class Involution2d(nn.Module):
     def _kernels(self, x: torch.Tensor, channel_term: torch.Tensor | None,
                  rows: tuple[int, int] | None) -> torch.Tensor:
         if rows is None:
-            z = self.pool(x)
-            if self.spatial is not None:
-                z = self.spatial(z)
+            r = fused_generator.separable(self.pool(x), self.spatial, self.reduce)
         else:
             r0, r1 = rows
             halo = 0 if self.spatial is None else 1  # the depth-wise 3x3 reads one row each side
             lo = max(r0 - halo, 0)
             z = self.pool(x[:, :, self.stride * lo: self.stride * (r1 + halo)])  # pool windows start at s*row
-            if self.spatial is not None:
-                z = self.spatial(z)[:, :, r0 - lo: r1 - lo]
-        r = self.reduce(z)
+            r = fused_generator.separable(z, self.spatial, self.reduce)[:, :, r0 - lo: r1 - lo]
         if channel_term is not None:
             r = r + channel_term[:, :, None, None]
-        k = self.span(self.relu(self.bn(r)))
+        k = fused_generator.relu_pointwise(self.bn(r), self.relu, self.span)
         return k.view(k.shape[0], self.groups, self.kernel_size ** 2, k.shape[-2], k.shape[-1])
 
     def chunk_rows(self, ho: int) -> int:

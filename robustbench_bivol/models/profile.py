@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import fused_involution
 from .operators import Involution2d
 from .registry import list_models, model_spec
 
@@ -73,7 +74,7 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], batch_size: 
     try:
         model.eval()
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        with torch.no_grad(), counter, fused_involution.torch_path():  # fused generators hide their convs
             model(torch.randn(batch_size, 3, h, w))
     finally:
         for handle in handles:

@@ -1,4 +1,5 @@
-// Fused involution aggregation on the CPU (forward and backward), see fused_involution.py.
+// Fused involution aggregation on the CPU (forward and backward), see fused_involution.py; the
+// extension's bindings, which include the fused kernel generator (kernel_generator_cpu.cpp).
 //
 // out[b, g*gc + c, i, j] = sum_{u,v} kernels[b, g, u*K + v, i, j]
 //                                    * x[b, g*gc + c, s*i + d*u - pad_top, s*j + d*v - pad_left]
@@ -14,12 +15,14 @@
 #include <algorithm>
 #include <vector>
 
+#include "common.h"
+#include "kernel_generator_cpu.h"
+
 namespace {
 
-constexpr int64_t V = 8;  // output columns per register block (one AVX2 / half an AVX-512 vector of floats)
-
-int64_t round_up(int64_t n) { return (n + V - 1) / V * V; }
-int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }  // b > 0
+using bivol::V;
+using bivol::ceil_div;
+using bivol::round_up;
 
 struct Geometry {
   int64_t B, C, H, W, G, gc, K, KK, Ho, Wo, s, d, pt, pl;
@@ -312,4 +315,8 @@ std::vector<at::Tensor> involution_backward(const at::Tensor& grad_out, const at
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
   m.def("backward", &involution_backward, "gradients of the fused involution aggregation (CPU)");
+  m.def("separable_forward", &bivol::separable_forward, "kernel generator: depth-wise 3x3 + 1x1 (CPU)");
+  m.def("separable_backward", &bivol::separable_backward, "gradients of separable_forward (CPU)");
+  m.def("relu_pointwise_forward", &bivol::relu_pointwise_forward, "kernel generator: ReLU + 1x1 (CPU)");
+  m.def("relu_pointwise_backward", &bivol::relu_pointwise_backward, "gradients of relu_pointwise_forward (CPU)");
 }

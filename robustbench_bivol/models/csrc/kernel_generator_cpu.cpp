@@ -1,0 +1,380 @@
+// Fused kernel generator of involution / SAKG on the CPU (forward and backward), see fused_generator.py.
+//
+// The generator's convolutions have few channels (16 -> 4 -> 9 in a CIFAR ResNet's first stage),
+// where a library convolution spends its time on layout and per-call overhead, not arithmetic.
+// Two pixel-local passes replace four library calls:
+//
+//   separable:      r[o] = sum_c Wr[o, c] * z[c],  z[c] = sum_{u,v} Wd[c, u*3+v] * x[c, i+u-1, j+v-1]
+//                   (SAKG's depth-wise 3x3 then the 1x1 reduction; without Wd, z = x: the 1x1 alone)
+//   relu_pointwise: k[o] = bias[o] + sum_c Ws[o, c] * max(n[c], 0)   (ReLU then the span 1x1)
+//
+// Each task owns (example, block of rows), loads its input band once into zero-padded opmath
+// buffers and vectorises over V columns. Backward recomputes z and max(n, 0) from the saved input
+// instead of storing them. Weight gradients are summed per fixed chunk of tasks and the chunks
+// added in order, so results depend on the thread count only, not on scheduling.
+#include "kernel_generator_cpu.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+
+namespace bivol {
+namespace {
+
+// Rows [r0, r0 + n) of a (H, W) plane into rows of length wp: buffer column q holds input column
+// q - lead; zeros outside the plane.
+template <typename scalar_t, typename acc_t>
+void load_padded(const scalar_t* plane, int64_t H, int64_t W, int64_t r0, int64_t n, int64_t lead, int64_t wp,
+                 acc_t* dst) {
+  for (int64_t r = 0; r < n; ++r, dst += wp) {
+    const int64_t y = r0 + r;
+    std::fill(dst, dst + wp, acc_t(0));
+    if (y < 0 || y >= H) continue;
+    const scalar_t* src = plane + y * W;
+    for (int64_t q = 0; q < W; ++q) dst[lead + q] = acc_t(src[q]);
+  }
+}
+
+// Split ``ntasks`` into at most one chunk per thread; ``body(t0, t1, partial)`` handles tasks
+// [t0, t1) and adds its weight-gradient sums into its chunk's ``partial`` (``size`` values, zeroed).
+// Returns the chunks' partials summed in chunk order.
+template <typename acc_t, typename Body>
+std::vector<acc_t> chunked_sum(int64_t ntasks, int64_t size, const Body& body) {
+  const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+  std::vector<acc_t> partial(nchunks * size, acc_t(0));
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t chunk = c0; chunk < c1; ++chunk)
+      body(ntasks * chunk / nchunks, ntasks * (chunk + 1) / nchunks, &partial[chunk * size]);
+  });
+  std::vector<acc_t> total(partial.begin(), partial.begin() + size);
+  for (int64_t chunk = 1; chunk < nchunks; ++chunk)
+    for (int64_t e = 0; e < size; ++e) total[e] += partial[chunk * size + e];
+  return total;
+}
+
+// Sum each V-wide vector of ``sums`` (``n`` of them) into ``out`` (weight-gradient dtype).
+template <typename acc_t>
+at::Tensor fold_vectors(const std::vector<acc_t>& sums, int64_t n, const at::TensorOptions& options,
+                        at::IntArrayRef shape) {
+  at::Tensor out = at::empty(shape, options);
+  acc_t* o = out.data_ptr<acc_t>();
+  for (int64_t e = 0; e < n; ++e) {
+    acc_t s = 0;
+    for (int64_t q = 0; q < V; ++q) s += sums[e * V + q];
+    o[e] = s;
+  }
+  return out;
+}
+
+int64_t block_rows(int64_t H, int64_t W) { return std::max<int64_t>(1, std::min<int64_t>(H, 256 / std::max<int64_t>(W, 1))); }
+
+struct Sep {
+  int64_t B, C, H, W, R, Wv, Wp;  // Wp = Wv + 2: one zero column each side for the 3x3 taps
+  bool dw;
+};
+
+// Dot product of two length-n opmath arrays, as V lane sums added into ``lanes``. Four independent
+// accumulators, so consecutive multiply-adds do not wait for each other.
+template <typename acc_t>
+inline void dot_lanes(const acc_t* a, const acc_t* b, int64_t n, acc_t* lanes) {
+  acc_t acc[4][V] = {};
+  int64_t p0 = 0;
+  for (; p0 + 4 * V <= n; p0 += 4 * V)
+    for (int64_t k = 0; k < 4; ++k)
+      for (int64_t q = 0; q < V; ++q) acc[k][q] += a[p0 + k * V + q] * b[p0 + k * V + q];
+  for (int64_t k = 0; p0 + V <= n; p0 += V, ++k)
+    for (int64_t q = 0; q < V; ++q) acc[k][q] += a[p0 + q] * b[p0 + q];
+  for (int64_t q = 0; p0 + q < n; ++q) acc[3][q] += a[p0 + q] * b[p0 + q];
+  for (int64_t q = 0; q < V; ++q) lanes[q] += (acc[0][q] + acc[1][q]) + (acc[2][q] + acc[3][q]);
+}
+
+// out[p] = sum_c w[c * wstride] * in[c * istride + p] for p < n (a multiple of V): a 1x1 conv of one band.
+template <typename acc_t>
+inline void mix_channels(const acc_t* w, int64_t wstride, const acc_t* in, int64_t istride, int64_t channels,
+                         int64_t n, acc_t* out) {
+  for (int64_t p0 = 0; p0 < n; p0 += V) {
+    acc_t acc[V] = {};
+    for (int64_t c = 0; c < channels; ++c) {
+      const acc_t wc = w[c * wstride];
+      const acc_t* src = in + c * istride + p0;
+      for (int64_t q = 0; q < V; ++q) acc[q] += wc * src[q];
+    }
+    for (int64_t q = 0; q < V; ++q) out[p0 + q] = acc[q];
+  }
+}
+
+// z of one channel on band rows 1..n into rows of Wv (band row rr <-> image row i0 - 1 + rr; x band
+// column q <-> image column q - 1): the depth-wise 3x3, or x itself without it.
+template <typename acc_t>
+inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t wv, int64_t wp, acc_t* z) {
+  for (int64_t rr = 1; rr <= n; ++rr, z += wv) {
+    if (wd == nullptr) {
+      std::copy(xb + rr * wp + 1, xb + rr * wp + 1 + wv, z);
+      continue;
+    }
+    for (int64_t j0 = 0; j0 < wv; j0 += V) {
+      acc_t acc[V] = {};
+      for (int64_t u = 0; u < 3; ++u)
+        for (int64_t v = 0; v < 3; ++v) {
+          const acc_t w = wd[u * 3 + v];
+          const acc_t* src = xb + (rr - 1 + u) * wp + j0 + v;
+          for (int64_t q = 0; q < V; ++q) acc[q] += w * src[q];
+        }
+      for (int64_t q = 0; q < V; ++q) z[j0 + q] = acc[q];
+    }
+  }
+}
+
+template <typename scalar_t>
+at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, const at::Tensor& wr, const Sep& s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::Tensor r = at::empty({s.B, s.R, s.H, s.W}, x.options());
+  const scalar_t* xd = x.data_ptr<scalar_t>();
+  const acc_t* wdd = s.dw ? wd.data_ptr<acc_t>() : nullptr;
+  const acc_t* wrd = wr.data_ptr<acc_t>();
+  scalar_t* rd = r.data_ptr<scalar_t>();
+  const int64_t rb = block_rows(s.H, s.W), nblocks = (s.H + rb - 1) / rb, plane = s.H * s.W;
+  const int64_t band = (rb + 2) * s.Wp, zband = rb * s.Wv;
+  at::parallel_for(0, s.B * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> xb(s.C * band), zb(s.C * zband), out(zband);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
+      for (int64_t c = 0; c < s.C; ++c) {
+        load_padded(xd + (b * s.C + c) * plane, s.H, s.W, i0 - 1, n + 2, 1, s.Wp, &xb[c * band]);
+        depthwise_band(&xb[c * band], s.dw ? wdd + c * 9 : nullptr, n, s.Wv, s.Wp, &zb[c * zband]);
+      }
+      for (int64_t o = 0; o < s.R; ++o) {
+        mix_channels(wrd + o * s.C, 1, zb.data(), zband, s.C, n * s.Wv, out.data());
+        scalar_t* dst = rd + (b * s.R + o) * plane + i0 * s.W;
+        for (int64_t rr = 0; rr < n; ++rr)
+          for (int64_t q = 0; q < s.W; ++q) dst[rr * s.W + q] = scalar_t(out[rr * s.Wv + q]);
+      }
+    }
+  });
+  return r;
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::Tensor& x, const at::Tensor& wd,
+                                                const at::Tensor& wr, const Sep& s, bool need_x) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::Tensor gx = need_x ? at::empty_like(x) : at::Tensor();
+  const scalar_t* xd = x.data_ptr<scalar_t>();
+  const scalar_t* gd = gr.data_ptr<scalar_t>();
+  const acc_t* wdd = s.dw ? wd.data_ptr<acc_t>() : nullptr;
+  const acc_t* wrd = wr.data_ptr<acc_t>();
+  scalar_t* gxd = need_x ? gx.data_ptr<scalar_t>() : nullptr;
+  const int64_t rb = block_rows(s.H, s.W), nblocks = (s.H + rb - 1) / rb, plane = s.H * s.W;
+  const int64_t band = (rb + 2) * s.Wp, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
+  const int64_t n_wr = s.R * s.C, n_wd = s.dw ? s.C * 9 : 0;  // weight-gradient sums, V lanes each
+  std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_wr + n_wd) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
+    std::vector<acc_t> xb(s.C * band), gb(s.R * gband), gz(band), zb(zband), row(gband);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
+      for (int64_t c = 0; c < s.C; ++c)
+        load_padded(xd + (b * s.C + c) * plane, s.H, s.W, i0 - 1, n + 2, 1, s.Wp, &xb[c * band]);
+      for (int64_t o = 0; o < s.R; ++o)  // grad rows i0 - 1 .. i0 + n, zero outside the image and past W
+        load_padded(gd + (b * s.R + o) * plane, s.H, s.W, i0 - 1, n + 2, 0, s.Wv, &gb[o * gband]);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const acc_t* xc = &xb[c * band];
+        // grad Wr[o, c] += gr[o] . z[c] over the block's rows
+        depthwise_band(xc, s.dw ? wdd + c * 9 : nullptr, n, s.Wv, s.Wp, zb.data());
+        for (int64_t o = 0; o < s.R; ++o) dot_lanes(&gb[o * gband + s.Wv], zb.data(), n * s.Wv, part + (o * s.C + c) * V);
+        // gz[c] = sum_o Wr[o, c] * gr[o] on all n + 2 band rows (the halo feeds grad_x's 3x3 gather)
+        mix_channels(wrd + c, s.C, gb.data(), gband, s.R, (n + 2) * s.Wv, row.data());
+        for (int64_t rr = 0; rr < n + 2; ++rr) {
+          acc_t* dst = &gz[rr * s.Wp];
+          dst[0] = 0;
+          std::copy(&row[rr * s.Wv], &row[(rr + 1) * s.Wv], dst + 1);
+          dst[s.Wv + 1] = 0;
+        }
+        if (s.dw)  // grad Wd[c, uv] += gz[c] . x[c] shifted by the tap, over band rows 1..n at once
+          for (int64_t u = 0; u < 3; ++u)  // (gz's zero columns 0 and Wv + 1 mask the row ends)
+            for (int64_t v = 0; v < 3; ++v)
+              dot_lanes(&gz[s.Wp + 1], xc + u * s.Wp + v, n * s.Wp - 2, part + (n_wr + c * 9 + u * 3 + v) * V);
+        if (!need_x) continue;
+        scalar_t* dst = gxd + (b * s.C + c) * plane + i0 * s.W;
+        for (int64_t rr = 1; rr <= n; ++rr, dst += s.W) {
+          if (!s.dw) {
+            for (int64_t q = 0; q < s.W; ++q) dst[q] = scalar_t(gz[rr * s.Wp + 1 + q]);
+            continue;
+          }
+          for (int64_t j0 = 0; j0 < s.Wv; j0 += V) {  // grad x[c]: the 3x3 taps applied to gz, flipped
+            acc_t g[V] = {};
+            for (int64_t u = 0; u < 3; ++u)
+              for (int64_t v = 0; v < 3; ++v) {
+                const acc_t w = wdd[c * 9 + u * 3 + v];
+                const acc_t* src = &gz[(rr + 1 - u) * s.Wp + j0 + 2 - v];
+                for (int64_t q = 0; q < V; ++q) g[q] += w * src[q];
+              }
+            for (int64_t q = 0, cols = std::min(V, s.W - j0); q < cols; ++q) dst[j0 + q] = scalar_t(g[q]);
+          }
+        }
+      }
+    }
+  });
+  const at::TensorOptions wopt = wr.options();
+  at::Tensor gwr = fold_vectors(sums, n_wr, wopt, {s.R, s.C});
+  at::Tensor gwd;
+  if (s.dw) {
+    std::vector<acc_t> tail(sums.begin() + n_wr * V, sums.end());
+    gwd = fold_vectors(tail, n_wd, wopt, {s.C, 9});
+  }
+  return {gx, gwd, gwr};
+}
+
+struct Pw {
+  int64_t B, C, O, P;  // P = H * W pixels per plane
+};
+
+constexpr int64_t kPixelBlock = 256;
+
+template <typename scalar_t>
+at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws, const at::Tensor& bias, const Pw& s,
+                                       at::IntArrayRef shape) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::Tensor k = at::empty(shape, n.options());
+  const scalar_t* nd = n.data_ptr<scalar_t>();
+  const acc_t* w = ws.data_ptr<acc_t>();
+  const acc_t* bd = bias.data_ptr<acc_t>();
+  scalar_t* kd = k.data_ptr<scalar_t>();
+  const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock;
+  at::parallel_for(0, s.B * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> a(s.C * kPixelBlock), out(kPixelBlock);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
+      const int64_t npv = round_up(np);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
+        acc_t* dst = &a[c * kPixelBlock];
+        for (int64_t q = 0; q < np; ++q) dst[q] = std::max(acc_t(src[q]), acc_t(0));
+        std::fill(dst + np, dst + npv, acc_t(0));
+      }
+      for (int64_t o = 0; o < s.O; ++o) {
+        mix_channels(w + o * s.C, 1, a.data(), kPixelBlock, s.C, npv, out.data());
+        scalar_t* dst = kd + (b * s.O + o) * s.P + p0;
+        for (int64_t q = 0; q < np; ++q) dst[q] = scalar_t(out[q] + bd[o]);
+      }
+    }
+  });
+  return k;
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const at::Tensor& n, const at::Tensor& ws,
+                                                     const Pw& s, bool need_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::Tensor gn = need_input ? at::empty_like(n) : at::Tensor();
+  const scalar_t* nd = n.data_ptr<scalar_t>();
+  const scalar_t* gd = gk.data_ptr<scalar_t>();
+  const acc_t* w = ws.data_ptr<acc_t>();
+  scalar_t* gnd = need_input ? gn.data_ptr<scalar_t>() : nullptr;
+  const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock, n_w = s.O * s.C;
+  std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_w + s.O) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
+    std::vector<acc_t> a(s.C * kPixelBlock), g(s.O * kPixelBlock), ones(kPixelBlock, acc_t(1)), ga(kPixelBlock);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
+      const int64_t npv = round_up(np);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
+        acc_t* dst = &a[c * kPixelBlock];
+        for (int64_t q = 0; q < np; ++q) dst[q] = std::max(acc_t(src[q]), acc_t(0));
+        std::fill(dst + np, dst + npv, acc_t(0));
+      }
+      for (int64_t o = 0; o < s.O; ++o) {
+        const scalar_t* src = gd + (b * s.O + o) * s.P + p0;
+        acc_t* dst = &g[o * kPixelBlock];
+        for (int64_t q = 0; q < np; ++q) dst[q] = acc_t(src[q]);
+        std::fill(dst + np, dst + npv, acc_t(0));
+        dot_lanes(dst, ones.data(), npv, part + (n_w + o) * V);  // grad bias[o]
+        for (int64_t c = 0; c < s.C; ++c) dot_lanes(dst, &a[c * kPixelBlock], npv, part + (o * s.C + c) * V);
+      }
+      if (!need_input) continue;
+      for (int64_t c = 0; c < s.C; ++c) {  // grad n[c] = sum_o W[o, c] g[o], zero where n was not positive
+        mix_channels(w + c, s.C, g.data(), kPixelBlock, s.O, npv, ga.data());
+        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
+        scalar_t* dst = gnd + (b * s.C + c) * s.P + p0;
+        for (int64_t q = 0; q < np; ++q) dst[q] = acc_t(src[q]) > acc_t(0) ? scalar_t(ga[q]) : scalar_t(0);
+      }
+    }
+  });
+  const at::TensorOptions wopt = ws.options();
+  std::vector<acc_t> tail(sums.begin() + n_w * V, sums.end());
+  return {gn, fold_vectors(sums, n_w, wopt, {s.O, s.C}), fold_vectors(tail, s.O, wopt, {s.O})};
+}
+
+void check_activation(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(),
+              "fused kernel generator: ", what, " must be a contiguous (B, C, H, W) CPU tensor");
+}
+
+void check_weight(const at::Tensor& w, const at::Tensor& act, const char* what) {
+  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == at::toOpMathType(act.scalar_type()),
+              "fused kernel generator: ", what, " must be contiguous in the activations' opmath dtype");
+}
+
+}  // namespace
+
+at::Tensor separable_forward(const at::Tensor& x, const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise) {
+  check_activation(x, "x");
+  check_weight(pointwise, x, "the pointwise weight");
+  const bool dw = depthwise.has_value();
+  if (dw) check_weight(*depthwise, x, "the depth-wise weight");
+  const int64_t Wv = round_up(x.size(3));
+  const Sep s{x.size(0), x.size(1), x.size(2), x.size(3), pointwise.size(0), Wv, Wv + 2, dw};
+  TORCH_CHECK(pointwise.dim() == 2 && pointwise.size(1) == s.C && (!dw || depthwise->numel() == s.C * 9),
+              "fused kernel generator: weights do not match x's channels");
+  at::Tensor r;
+  const at::Tensor wd = dw ? *depthwise : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_forward",
+                                 [&] { r = separable_forward_impl<scalar_t>(x, wd, pointwise, s); });
+  return r;
+}
+
+std::vector<at::Tensor> separable_backward(const at::Tensor& grad, const at::Tensor& x,
+                                           const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise,
+                                           bool need_input) {
+  check_activation(x, "x");
+  check_activation(grad, "grad");
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "fused kernel generator: grad and x differ in dtype");
+  const bool dw = depthwise.has_value();
+  const int64_t Wv = round_up(x.size(3));
+  const Sep s{x.size(0), x.size(1), x.size(2), x.size(3), pointwise.size(0), Wv, Wv + 2, dw};
+  std::vector<at::Tensor> out;
+  const at::Tensor wd = dw ? *depthwise : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_backward",
+                                 [&] { out = separable_backward_impl<scalar_t>(grad, x, wd, pointwise, s, need_input); });
+  return out;
+}
+
+at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight, const at::Tensor& bias) {
+  check_activation(n, "input");
+  check_weight(weight, n, "the weight");
+  check_weight(bias, n, "the bias");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == n.size(1) && bias.numel() == weight.size(0),
+              "fused kernel generator: weight/bias do not match the input's channels");
+  const Pw s{n.size(0), n.size(1), weight.size(0), n.size(2) * n.size(3)};
+  at::Tensor k;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, n.scalar_type(), "relu_pointwise_forward", [&] {
+    k = relu_pointwise_forward_impl<scalar_t>(n, weight, bias, s, {s.B, s.O, n.size(2), n.size(3)});
+  });
+  return k;
+}
+
+std::vector<at::Tensor> relu_pointwise_backward(const at::Tensor& grad, const at::Tensor& n, const at::Tensor& weight,
+                                                bool need_input) {
+  check_activation(n, "input");
+  check_activation(grad, "grad");
+  TORCH_CHECK(grad.scalar_type() == n.scalar_type(), "fused kernel generator: grad and input differ in dtype");
+  const Pw s{n.size(0), n.size(1), weight.size(0), n.size(2) * n.size(3)};
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, n.scalar_type(), "relu_pointwise_backward",
+                                 [&] { out = relu_pointwise_backward_impl<scalar_t>(grad, n, weight, s, need_input); });
+  return out;
+}
+
+}  // namespace bivol

@@ -1,0 +1,23 @@
+// The fused kernel generator's entry points (kernel_generator_cpu.cpp), bound in involution_cpu.cpp.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace bivol {
+
+// r = pointwise . depthwise3x3(x) (or pointwise . x without depthwise); weights in x's opmath dtype,
+// depthwise (C, 9), pointwise (R, C).
+at::Tensor separable_forward(const at::Tensor& x, const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise);
+// {grad_x (undefined unless need_input), grad_depthwise (undefined without depthwise), grad_pointwise}
+std::vector<at::Tensor> separable_backward(const at::Tensor& grad, const at::Tensor& x,
+                                           const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise,
+                                           bool need_input);
+// k = bias + weight . max(n, 0); weight (O, C), bias (O)
+at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight, const at::Tensor& bias);
+// {grad_n (undefined unless need_input), grad_weight, grad_bias}
+std::vector<at::Tensor> relu_pointwise_backward(const at::Tensor& grad, const at::Tensor& n, const at::Tensor& weight,
+                                                bool need_input);
+
+}  // namespace bivol
