@@ -233,6 +233,16 @@ struct Pw {
 
 constexpr int64_t kPixelBlock = 256;
 
+// ``np`` pixels of each of ``channels`` planes (plane stride ``P``) into rows of kPixelBlock opmath
+// values, zero from np to npv; ``relu``: max(value, 0).
+template <typename scalar_t, typename acc_t>
+void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst) {
+  for (int64_t c = 0; c < channels; ++c, src += P, dst += kPixelBlock) {
+    for (int64_t q = 0; q < np; ++q) dst[q] = relu ? std::max(acc_t(src[q]), acc_t(0)) : acc_t(src[q]);
+    std::fill(dst + np, dst + npv, acc_t(0));
+  }
+}
+
 template <typename scalar_t>
 at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws, const at::Tensor& bias, const Pw& s,
                                        at::IntArrayRef shape) {
@@ -248,12 +258,7 @@ at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      for (int64_t c = 0; c < s.C; ++c) {
-        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
-        acc_t* dst = &a[c * kPixelBlock];
-        for (int64_t q = 0; q < np; ++q) dst[q] = std::max(acc_t(src[q]), acc_t(0));
-        std::fill(dst + np, dst + npv, acc_t(0));
-      }
+      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());
       for (int64_t o = 0; o < s.O; ++o) {
         mix_channels(w + o * s.C, 1, a.data(), kPixelBlock, s.C, npv, out.data());
         scalar_t* dst = kd + (b * s.O + o) * s.P + p0;
@@ -279,19 +284,12 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      for (int64_t c = 0; c < s.C; ++c) {
-        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
-        acc_t* dst = &a[c * kPixelBlock];
-        for (int64_t q = 0; q < np; ++q) dst[q] = std::max(acc_t(src[q]), acc_t(0));
-        std::fill(dst + np, dst + npv, acc_t(0));
-      }
+      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());
+      load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());
       for (int64_t o = 0; o < s.O; ++o) {
-        const scalar_t* src = gd + (b * s.O + o) * s.P + p0;
-        acc_t* dst = &g[o * kPixelBlock];
-        for (int64_t q = 0; q < np; ++q) dst[q] = acc_t(src[q]);
-        std::fill(dst + np, dst + npv, acc_t(0));
-        dot_lanes(dst, ones.data(), npv, part + (n_w + o) * V);  // grad bias[o]
-        for (int64_t c = 0; c < s.C; ++c) dot_lanes(dst, &a[c * kPixelBlock], npv, part + (o * s.C + c) * V);
+        const acc_t* go = &g[o * kPixelBlock];
+        dot_lanes(go, ones.data(), npv, part + (n_w + o) * V);  // grad bias[o]
+        for (int64_t c = 0; c < s.C; ++c) dot_lanes(go, &a[c * kPixelBlock], npv, part + (o * s.C + c) * V);
       }
       if (!need_input) continue;
       for (int64_t c = 0; c < s.C; ++c) {  // grad n[c] = sum_o W[o, c] g[o], zero where n was not positive
