@@ -22,7 +22,23 @@ namespace {
 
 using bivol::V;
 using bivol::ceil_div;
+using bivol::from_opmath;
+using bivol::to_opmath;
 using bivol::round_up;
+using bivol::vec_t;
+using bivol::vload;
+
+constexpr int64_t CB = 4;  // channels per register block: each kernel vector loaded serves CB channels
+constexpr int64_t KB = 4;  // kernel taps per register block in grad_kernels
+
+// V values at stride ``st`` (S: the stride known at compile time, 0 = runtime) as one vector.
+template <int S, typename acc_t>
+inline vec_t<acc_t> strided_load(const acc_t* p, int64_t st) {
+  if constexpr (S == 1) return vload(p);
+  vec_t<acc_t> v;
+  for (int64_t q = 0; q < V; ++q) v[q] = p[(S ? S : st) * q];
+  return v;
+}
 
 struct Geometry {
   int64_t B, C, H, W, G, gc, K, KK, Ho, Wo, s, d, pt, pl;
@@ -58,7 +74,7 @@ void load_band(const scalar_t* plane, int64_t rs, const Geometry& g, int64_t r0,
     }
     const scalar_t* src = plane + y * rs - g.pl;
     std::fill(dst, dst + lo, acc_t(0));
-    for (int64_t q = lo; q < hi; ++q) dst[q] = acc_t(src[q]);
+    to_opmath(src + lo, hi - lo, dst + lo);
     std::fill(dst + hi, dst + wp, acc_t(0));
   }
 }
@@ -67,14 +83,14 @@ void load_band(const scalar_t* plane, int64_t rs, const Geometry& g, int64_t r0,
 template <typename scalar_t, typename acc_t>
 void load_rows(const scalar_t* src, int64_t n, int64_t w, int64_t wv, acc_t* dst) {
   for (int64_t r = 0; r < n; ++r) {
-    for (int64_t q = 0; q < w; ++q) dst[r * wv + q] = acc_t(src[r * w + q]);
+    to_opmath(src + r * w, w, dst + r * wv);
     std::fill(dst + r * wv + w, dst + (r + 1) * wv, acc_t(0));
   }
 }
 
 template <typename scalar_t, typename acc_t>
 void store(const acc_t* acc, int64_t n, scalar_t* dst) {
-  for (int64_t t = 0; t < n; ++t) dst[t] = scalar_t(acc[t]);
+  from_opmath(acc, n, dst);
 }
 
 // The window [i0, i0 + rows) x [j0, j0 + cols) of a (h, w) plane, zeros outside it, as opmath.
@@ -90,7 +106,7 @@ void load_window(const scalar_t* plane, int64_t h, int64_t w, int64_t i0, int64_
     }
     const scalar_t* src = plane + i * w + j0;
     std::fill(dst, dst + lo, acc_t(0));
-    for (int64_t e = lo; e < hi; ++e) dst[e] = acc_t(src[e]);
+    to_opmath(src + lo, hi - lo, dst + lo);
     std::fill(dst + hi, dst + cols, acc_t(0));
   }
 }
@@ -104,27 +120,35 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
   const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), st = S ? S : g.s;
   const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;
   const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
+  const int64_t band = g.band_rows(rb) * wp;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kbuf(g.KK * rb * wv), xbuf(g.band_rows(rb) * wp);
+    std::vector<acc_t> kbuf(g.KK * rb * wv), xbuf(CB * band);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
       for (int64_t uv = 0; uv < g.KK; ++uv)  // kbuf[uv][r][j]
         load_rows(kd + (bg * g.KK + uv) * plane + i0 * g.Wo, n, g.Wo, wv, &kbuf[uv * n * wv]);
-      for (int64_t c = 0; c < g.gc; ++c) {
-        const int64_t ch = grp * g.gc + c;
-        load_band(xd + b * xsb + ch * xsc, xsh, g, st * i0 - g.pt, g.band_rows(n), xbuf.data());
-        scalar_t* orow = od + (b * g.C + ch) * plane + i0 * g.Wo;
+      for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {  // CB channels share each kernel load
+        const int64_t nc = std::min(CB, g.gc - c0);
+        for (int64_t cc = 0; cc < nc; ++cc)
+          load_band(xd + b * xsb + (grp * g.gc + c0 + cc) * xsc, xsh, g, st * i0 - g.pt, g.band_rows(n),
+                    &xbuf[cc * band]);
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
-            acc_t acc[V] = {};
+            vec_t<acc_t> acc[CB] = {};
             for (int64_t u = 0; u < g.K; ++u)
               for (int64_t v = 0; v < g.K; ++v) {
-                const acc_t* kr = &kbuf[((u * g.K + v) * n + r) * wv + j0];
-                const acc_t* xv = &xbuf[(st * r + g.d * u) * wp + st * j0 + g.d * v];
-                for (int64_t q = 0; q < V; ++q) acc[q] += kr[q] * xv[st * q];
+                const vec_t<acc_t> kv = vload(&kbuf[((u * g.K + v) * n + r) * wv + j0]);
+                const int64_t off = (st * r + g.d * u) * wp + st * j0 + g.d * v;
+                for (int64_t cc = 0; cc < CB; ++cc) {  // past nc: zeros or stale finite values, never stored
+                  acc[cc] += kv * strided_load<S>(&xbuf[cc * band + off], st);
+                }
               }
-            store(acc, std::min(V, g.Wo - j0), orow + r * g.Wo + j0);
+            for (int64_t cc = 0; cc < nc; ++cc) {
+              acc_t lanes[V];
+              std::memcpy(lanes, &acc[cc], sizeof(lanes));
+              store(lanes, std::min(V, g.Wo - j0), od + (b * g.C + grp * g.gc + c0 + cc) * plane + (i0 + r) * g.Wo + j0);
+            }
           }
       }
     }
@@ -143,7 +167,7 @@ void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk
   const int64_t rb = rows_per_block(g.Ho, g.Wo * g.gc / 4), nblocks = (g.Ho + rb - 1) / rb;
   const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo, band = g.band_rows(rb) * wp;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(g.gc * band), gbuf(g.gc * rb * wv);
+    std::vector<acc_t> xbuf(g.gc * band + g.d * KB + st * V), gbuf(g.gc * rb * wv);  // tail: taps past K
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
@@ -155,17 +179,24 @@ void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk
       scalar_t* kg = gkd + bg * g.KK * plane + i0 * g.Wo;
       for (int64_t r = 0; r < n; ++r)
         for (int64_t u = 0; u < g.K; ++u)
-          for (int64_t v = 0; v < g.K; ++v)
+          for (int64_t v0 = 0; v0 < g.K; v0 += KB) {  // KB taps of a kernel row share each grad_out load
+            const int64_t nv = std::min(KB, g.K - v0);
             for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
-              acc_t acc[V] = {};
-              const int64_t xoff = (st * r + g.d * u) * wp + st * j0 + g.d * v;
+              vec_t<acc_t> acc[KB] = {};
+              const int64_t xoff = (st * r + g.d * u) * wp + st * j0 + g.d * v0;
               for (int64_t c = 0; c < g.gc; ++c) {
-                const acc_t* gr = &gbuf[(c * rb + r) * wv + j0];
+                const vec_t<acc_t> gv = vload(&gbuf[(c * rb + r) * wv + j0]);
                 const acc_t* xv = &xbuf[c * band + xoff];
-                for (int64_t q = 0; q < V; ++q) acc[q] += gr[q] * xv[st * q];
+                for (int64_t k = 0; k < KB; ++k)  // past nv: finite values (buffer tail), never stored
+                  acc[k] += gv * strided_load<S>(xv + g.d * k, st);
               }
-              store(acc, std::min(V, g.Wo - j0), kg + (u * g.K + v) * plane + r * g.Wo + j0);
+              for (int64_t k = 0; k < nv; ++k) {
+                acc_t lanes[V];
+                std::memcpy(lanes, &acc[k], sizeof(lanes));
+                store(lanes, std::min(V, g.Wo - j0), kg + (u * g.K + v0 + k) * plane + r * g.Wo + j0);
+              }
             }
+          }
     }
   });
 }
@@ -182,27 +213,32 @@ void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx
   const int64_t span = g.d * (g.K - 1), wg = round_up(g.W) + span, plane = g.Ho * g.Wo;
   const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb, win = (rb + span) * wg;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kbuf(g.KK * win), gbuf(win);
+    std::vector<acc_t> kbuf(g.KK * win), gbuf(CB * win);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, ny = std::min(rb, g.H - y0), i0 = y0 + g.pt - span, j0 = g.pl - span;
       for (int64_t uv = 0; uv < g.KK; ++uv)  // window row a, column e: output row i0 + a, column j0 + e
         load_window(kd + (bg * g.KK + uv) * plane, g.Ho, g.Wo, i0, j0, ny + span, wg, &kbuf[uv * win]);
-      for (int64_t c = 0; c < g.gc; ++c) {
-        const int64_t ch = grp * g.gc + c;
-        load_window(gd + (b * g.C + ch) * plane, g.Ho, g.Wo, i0, j0, ny + span, wg, gbuf.data());
-        scalar_t* xplane = gxd + (b * g.C + ch) * g.H * g.W + y0 * g.W;
+      for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {  // CB channels share each kernel load
+        const int64_t nc = std::min(CB, g.gc - c0);
+        for (int64_t cc = 0; cc < nc; ++cc)
+          load_window(gd + (b * g.C + grp * g.gc + c0 + cc) * plane, g.Ho, g.Wo, i0, j0, ny + span, wg,
+                      &gbuf[cc * win]);
         for (int64_t r = 0; r < ny; ++r)
           for (int64_t x0 = 0; x0 < g.W; x0 += V) {
-            acc_t acc[V] = {};
+            vec_t<acc_t> acc[CB] = {};
             for (int64_t u = 0; u < g.K; ++u)
               for (int64_t v = 0; v < g.K; ++v) {
                 const int64_t off = (r + span - g.d * u) * wg + x0 + span - g.d * v;
-                const acc_t* kv = &kbuf[(u * g.K + v) * win + off];
-                const acc_t* gv = &gbuf[off];
-                for (int64_t q = 0; q < V; ++q) acc[q] += kv[q] * gv[q];
+                const vec_t<acc_t> kv = vload(&kbuf[(u * g.K + v) * win + off]);
+                for (int64_t cc = 0; cc < CB; ++cc)  // past nc: zeros or stale finite values, never stored
+                  acc[cc] += kv * vload(&gbuf[cc * win + off]);
               }
-            store(acc, std::min(V, g.W - x0), xplane + r * g.W + x0);
+            for (int64_t cc = 0; cc < nc; ++cc) {
+              acc_t lanes[V];
+              std::memcpy(lanes, &acc[cc], sizeof(lanes));
+              store(lanes, std::min(V, g.W - x0), gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0);
+            }
           }
       }
     }

@@ -35,7 +35,7 @@ void load_padded(const scalar_t* plane, int64_t H, int64_t W, int64_t r0, int64_
     std::fill(dst, dst + wp, acc_t(0));
     if (y < 0 || y >= H) continue;
     const scalar_t* src = plane + y * W;
-    for (int64_t q = 0; q < W; ++q) dst[lead + q] = acc_t(src[q]);
+    to_opmath(src, W, dst + lead);
   }
 }
 
@@ -151,7 +151,7 @@ at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, con
         mix_channels(wrd + o * s.C, 1, zb.data(), zband, s.C, n * s.Wv, out.data());
         scalar_t* dst = rd + (b * s.R + o) * plane + i0 * s.W;
         for (int64_t rr = 0; rr < n; ++rr)
-          for (int64_t q = 0; q < s.W; ++q) dst[rr * s.W + q] = scalar_t(out[rr * s.Wv + q]);
+          from_opmath(&out[rr * s.Wv], s.W, dst + rr * s.W);
       }
     }
   });
@@ -172,7 +172,7 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
   const int64_t band = (rb + 2) * s.Wp, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
   const int64_t n_wr = s.R * s.C, n_wd = s.dw ? s.C * 9 : 0;  // weight-gradient sums, V lanes each
   std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_wr + n_wd) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
-    std::vector<acc_t> xb(s.C * band), gb(s.R * gband), gz(band), zb(zband), row(gband);
+    std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
       for (int64_t c = 0; c < s.C; ++c)
@@ -183,7 +183,15 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
         const acc_t* xc = &xb[c * band];
         // grad Wr[o, c] += gr[o] . z[c] over the block's rows
         depthwise_band(xc, s.dw ? wdd + c * 9 : nullptr, n, s.Wv, s.Wp, zb.data());
-        for (int64_t o = 0; o < s.R; ++o) dot_lanes(&gb[o * gband + s.Wv], zb.data(), n * s.Wv, part + (o * s.C + c) * V);
+        for (int64_t o0 = 0; o0 < s.R; o0 += 4) {  // four output channels per z load (gb has 3 spare zero bands)
+          vec_t<acc_t> acc[4] = {};
+          for (int64_t p0 = 0; p0 < n * s.Wv; p0 += V) {
+            const vec_t<acc_t> zv = vload(&zb[p0]);
+            for (int64_t k = 0; k < 4; ++k) acc[k] += vload(&gb[(o0 + k) * gband + s.Wv + p0]) * zv;
+          }
+          for (int64_t k = 0; k < std::min<int64_t>(4, s.R - o0); ++k)
+            for (int64_t q = 0; q < V; ++q) part[((o0 + k) * s.C + c) * V + q] += acc[k][q];
+        }
         // gz[c] = sum_o Wr[o, c] * gr[o] on all n + 2 band rows (the halo feeds grad_x's 3x3 gather)
         mix_channels(wrd + c, s.C, gb.data(), gband, s.R, (n + 2) * s.Wv, row.data());
         for (int64_t rr = 0; rr < n + 2; ++rr) {
@@ -192,10 +200,23 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
           std::copy(&row[rr * s.Wv], &row[(rr + 1) * s.Wv], dst + 1);
           dst[s.Wv + 1] = 0;
         }
-        if (s.dw)  // grad Wd[c, uv] += gz[c] . x[c] shifted by the tap, over band rows 1..n at once
-          for (int64_t u = 0; u < 3; ++u)  // (gz's zero columns 0 and Wv + 1 mask the row ends)
-            for (int64_t v = 0; v < 3; ++v)
-              dot_lanes(&gz[s.Wp + 1], xc + u * s.Wp + v, n * s.Wp - 2, part + (n_wr + c * 9 + u * 3 + v) * V);
+        if (s.dw) {  // grad Wd[c, uv] += gz[c] . x[c] shifted by the tap, over band rows 1..n at once
+          // (gz's zero columns 0 and Wv + 1 mask the row ends); nine sums per gz load
+          const acc_t* g = &gz[s.Wp + 1];
+          const int64_t len = n * s.Wp - 2;
+          vec_t<acc_t> acc[9] = {};
+          int64_t p0 = 0;
+          for (; p0 + V <= len; p0 += V) {
+            const vec_t<acc_t> gv = vload(g + p0);
+            for (int64_t u = 0; u < 3; ++u)
+              for (int64_t v = 0; v < 3; ++v) acc[u * 3 + v] += gv * vload(xc + u * s.Wp + v + p0);
+          }
+          acc_t* p = part + (n_wr + c * 9) * V;
+          for (int64_t uv = 0; uv < 9; ++uv) {
+            for (int64_t q = 0; q < V; ++q) p[uv * V + q] += acc[uv][q];
+            for (int64_t e = p0; e < len; ++e) p[uv * V] += g[e] * xc[(uv / 3) * s.Wp + uv % 3 + e];
+          }
+        }
         if (!need_x) continue;
         scalar_t* dst = gxd + (b * s.C + c) * plane + i0 * s.W;
         for (int64_t rr = 1; rr <= n; ++rr, dst += s.W) {
@@ -238,7 +259,9 @@ constexpr int64_t kPixelBlock = 256;
 template <typename scalar_t, typename acc_t>
 void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst) {
   for (int64_t c = 0; c < channels; ++c, src += P, dst += kPixelBlock) {
-    for (int64_t q = 0; q < np; ++q) dst[q] = relu ? std::max(acc_t(src[q]), acc_t(0)) : acc_t(src[q]);
+    to_opmath(src, np, dst);
+    if (relu)
+      for (int64_t q = 0; q < np; ++q) dst[q] = std::max(dst[q], acc_t(0));
     std::fill(dst + np, dst + npv, acc_t(0));
   }
 }
