@@ -10,7 +10,8 @@
 # weights are evaluated (default 0); the corruption seed is always 0, so every seed's models see
 # the same corrupted images. OUT: the run folder (default runs/cifar10-study-seed<SEED>).
 # Environment: CHECKPOINT (default final.pt; last.pt evaluates unfinished trainings, for checks),
-# LIMIT (a class-balanced subset of N test images), CORRUPTIONS (default all).
+# LIMIT (a class-balanced subset of N test images), CORRUPTIONS (default all), TRAINING (the
+# folder of the <model>-seed<SEED> training folders, default results/cifar10/training).
 # Run from the repository root with `bivol-robust` on the PATH; prefix `torchrun
 # --nproc_per_node N -m robustbench_bivol` in its place to spread the shards over N processes.
 set -euo pipefail
@@ -23,7 +24,7 @@ models=(resnet20 condconv_resnet20 dyconv_resnet20 involution_wide_resnet20 bivo
         bivol_nosakg_resnet20 bivol_nostatic_wide_resnet20)
 args=() logs=()
 for model in "${models[@]}"; do
-    folder=results/cifar10/training/$model-seed$seed
+    folder=${TRAINING:-results/cifar10/training}/$model-seed$seed
     if [ ! -f "$folder/$checkpoint" ]; then
         echo "error: $folder/$checkpoint is missing: finish that training first (results/cifar10/train.sh)" >&2
         exit 1
