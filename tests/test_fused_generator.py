@@ -208,3 +208,28 @@ def test_fuses_only_where_measured_to_pay():
     assert separable_fused(16, 32)
     assert not separable_fused(16, 16)
     assert not separable_fused(128, 32)
+
+
+def test_failed_build_falls_back_to_the_modules(monkeypatch):
+    """No compiler: one warning, the torch modules' result; BIVOL_FUSED=1 raises instead."""
+    def no_compiler():
+        raise RuntimeError("no C++ compiler (c++) on PATH")
+
+    module = _involution(16, 1, True).eval()
+    x = torch.randn(2, 16, 9, 9)
+    monkeypatch.setenv("BIVOL_FUSED", "0")
+    expected = module.generate_kernels(x)
+    monkeypatch.delenv("BIVOL_FUSED")
+    monkeypatch.setattr(fused_involution, "_build", no_compiler)
+    fused_involution.extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="unavailable") as caught:
+            got = module.generate_kernels(x)
+        assert len(caught) == 1
+        torch.testing.assert_close(got, expected)
+        monkeypatch.setenv("BIVOL_FUSED", "1")
+        fused_involution.extension.cache_clear()
+        with pytest.raises(RuntimeError, match="BIVOL_FUSED=1"):
+            module.generate_kernels(x)
+    finally:
+        fused_involution.extension.cache_clear()
