@@ -30,6 +30,11 @@ inline vec_t<T> vload(const T* p) {
   return v;
 }
 
+template <typename T>
+inline void vstore(T* p, const vec_t<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
 // n values to opmath. bf16 -> float is a 16-bit shift, written so that gcc vectorises it (its
 // c10::BFloat16 conversion stays scalar: measured 1.3-1.5x slower kernels in bf16 than fp32).
 template <typename scalar_t, typename acc_t>

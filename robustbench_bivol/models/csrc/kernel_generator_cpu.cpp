@@ -77,21 +77,6 @@ struct Sep {
   bool dw;
 };
 
-// Dot product of two length-n opmath arrays, as V lane sums added into ``lanes``. Four independent
-// accumulators, so consecutive multiply-adds do not wait for each other.
-template <typename acc_t>
-inline void dot_lanes(const acc_t* a, const acc_t* b, int64_t n, acc_t* lanes) {
-  acc_t acc[4][V] = {};
-  int64_t p0 = 0;
-  for (; p0 + 4 * V <= n; p0 += 4 * V)
-    for (int64_t k = 0; k < 4; ++k)
-      for (int64_t q = 0; q < V; ++q) acc[k][q] += a[p0 + k * V + q] * b[p0 + k * V + q];
-  for (int64_t k = 0; p0 + V <= n; p0 += V, ++k)
-    for (int64_t q = 0; q < V; ++q) acc[k][q] += a[p0 + q] * b[p0 + q];
-  for (int64_t q = 0; p0 + q < n; ++q) acc[3][q] += a[p0 + q] * b[p0 + q];
-  for (int64_t q = 0; q < V; ++q) lanes[q] += (acc[0][q] + acc[1][q]) + (acc[2][q] + acc[3][q]);
-}
-
 // out[p] = sum_c w[c * wstride] * in[c * istride + p] for p < n (a multiple of V): a 1x1 conv of one band.
 template <typename acc_t>
 inline void mix_channels(const acc_t* w, int64_t wstride, const acc_t* in, int64_t istride, int64_t channels,
@@ -266,26 +251,50 @@ void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, i
   }
 }
 
+constexpr int64_t OB = 4;  // output channels per register block of the ReLU+span passes
+constexpr int64_t IB = 4;  // input channels per register block of its weight gradient
+
+int64_t round_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// The (O, C) weight zero-padded to (round_to(O, OB), round_to(C, IB)): blocks read past the edges safely.
+template <typename acc_t>
+std::vector<acc_t> padded_weight(const acc_t* w, int64_t O, int64_t C) {
+  const int64_t c4 = round_to(C, IB);
+  std::vector<acc_t> out(round_to(O, OB) * c4, acc_t(0));
+  for (int64_t o = 0; o < O; ++o) std::copy(w + o * C, w + (o + 1) * C, out.begin() + o * c4);
+  return out;
+}
+
 template <typename scalar_t>
 at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws, const at::Tensor& bias, const Pw& s,
                                        at::IntArrayRef shape) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor k = at::empty(shape, n.options());
   const scalar_t* nd = n.data_ptr<scalar_t>();
-  const acc_t* w = ws.data_ptr<acc_t>();
-  const acc_t* bd = bias.data_ptr<acc_t>();
+  const int64_t o4 = round_to(s.O, OB), c4 = round_to(s.C, IB);
+  const std::vector<acc_t> w = padded_weight(ws.data_ptr<acc_t>(), s.O, s.C);
+  std::vector<acc_t> bd(o4, acc_t(0));
+  std::copy(bias.data_ptr<acc_t>(), bias.data_ptr<acc_t>() + s.O, bd.begin());
   scalar_t* kd = k.data_ptr<scalar_t>();
   const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock;
   at::parallel_for(0, s.B * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> a(s.C * kPixelBlock), out(kPixelBlock);
+    std::vector<acc_t> a(c4 * kPixelBlock), out(OB * kPixelBlock);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
       load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());
-      for (int64_t o = 0; o < s.O; ++o) {
-        mix_channels(w + o * s.C, 1, a.data(), kPixelBlock, s.C, npv, out.data());
-        scalar_t* dst = kd + (b * s.O + o) * s.P + p0;
-        for (int64_t q = 0; q < np; ++q) dst[q] = scalar_t(out[q] + bd[o]);
+      for (int64_t o0 = 0; o0 < s.O; o0 += OB) {  // each input vector loaded serves OB outputs
+        for (int64_t j0 = 0; j0 < npv; j0 += V) {
+          vec_t<acc_t> acc[OB];
+          for (int64_t e = 0; e < OB; ++e) acc[e] = vec_t<acc_t>{} + bd[o0 + e];
+          for (int64_t c = 0; c < s.C; ++c) {
+            const vec_t<acc_t> av = vload(&a[c * kPixelBlock + j0]);
+            for (int64_t e = 0; e < OB; ++e) acc[e] += w[(o0 + e) * c4 + c] * av;
+          }
+          for (int64_t e = 0; e < OB; ++e) vstore(&out[e * kPixelBlock + j0], acc[e]);
+        }
+        for (int64_t e = 0; e < std::min(OB, s.O - o0); ++e)
+          from_opmath(&out[e * kPixelBlock], np, kd + (b * s.O + o0 + e) * s.P + p0);
       }
     }
   });
@@ -299,33 +308,66 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
   at::Tensor gn = need_input ? at::empty_like(n) : at::Tensor();
   const scalar_t* nd = n.data_ptr<scalar_t>();
   const scalar_t* gd = gk.data_ptr<scalar_t>();
-  const acc_t* w = ws.data_ptr<acc_t>();
+  const int64_t o4 = round_to(s.O, OB), c4 = round_to(s.C, IB);
+  const std::vector<acc_t> w = padded_weight(ws.data_ptr<acc_t>(), s.O, s.C);
   scalar_t* gnd = need_input ? gn.data_ptr<scalar_t>() : nullptr;
-  const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock, n_w = s.O * s.C;
-  std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_w + s.O) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
-    std::vector<acc_t> a(s.C * kPixelBlock), g(s.O * kPixelBlock), ones(kPixelBlock, acc_t(1)), ga(kPixelBlock);
+  const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock, n_w = o4 * c4;  // padded sums, cropped below
+  std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_w + o4) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
+    std::vector<acc_t> a(c4 * kPixelBlock), g(o4 * kPixelBlock), ga(IB * kPixelBlock);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());
-      load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());
-      for (int64_t o = 0; o < s.O; ++o) {
-        const acc_t* go = &g[o * kPixelBlock];
-        dot_lanes(go, ones.data(), npv, part + (n_w + o) * V);  // grad bias[o]
-        for (int64_t c = 0; c < s.C; ++c) dot_lanes(go, &a[c * kPixelBlock], npv, part + (o * s.C + c) * V);
-      }
+      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());  // rows past C stay zero
+      load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());  // rows past O stay zero
+      for (int64_t o0 = 0; o0 < o4; o0 += OB)  // grad W[o, c] = g[o] . a[c]; grad bias[o] = sum g[o]
+        for (int64_t c0 = 0; c0 < c4; c0 += IB) {
+          vec_t<acc_t> acc[OB][IB] = {}, accb[OB] = {};
+          for (int64_t j0 = 0; j0 < npv; j0 += V) {
+            vec_t<acc_t> av[IB];
+            for (int64_t i = 0; i < IB; ++i) av[i] = vload(&a[(c0 + i) * kPixelBlock + j0]);
+            for (int64_t e = 0; e < OB; ++e) {
+              const vec_t<acc_t> gv = vload(&g[(o0 + e) * kPixelBlock + j0]);
+              accb[e] += gv;
+              for (int64_t i = 0; i < IB; ++i) acc[e][i] += gv * av[i];
+            }
+          }
+          for (int64_t e = 0; e < OB; ++e) {
+            for (int64_t i = 0; i < IB; ++i) {
+              acc_t* p = part + ((o0 + e) * c4 + c0 + i) * V;
+              for (int64_t q = 0; q < V; ++q) p[q] += acc[e][i][q];
+            }
+            if (c0 == 0)
+              for (int64_t q = 0; q < V; ++q) part[(n_w + o0 + e) * V + q] += accb[e][q];
+          }
+        }
       if (!need_input) continue;
-      for (int64_t c = 0; c < s.C; ++c) {  // grad n[c] = sum_o W[o, c] g[o], zero where n was not positive
-        mix_channels(w + c, s.C, g.data(), kPixelBlock, s.O, npv, ga.data());
-        const scalar_t* src = nd + (b * s.C + c) * s.P + p0;
-        scalar_t* dst = gnd + (b * s.C + c) * s.P + p0;
-        for (int64_t q = 0; q < np; ++q) dst[q] = acc_t(src[q]) > acc_t(0) ? scalar_t(ga[q]) : scalar_t(0);
+      for (int64_t c0 = 0; c0 < s.C; c0 += IB) {  // grad n[c] = sum_o W[o, c] g[o], zero where n was not positive
+        for (int64_t j0 = 0; j0 < npv; j0 += V) {
+          vec_t<acc_t> acc[IB] = {};
+          for (int64_t o = 0; o < s.O; ++o) {
+            const vec_t<acc_t> gv = vload(&g[o * kPixelBlock + j0]);
+            for (int64_t i = 0; i < IB; ++i) acc[i] += w[o * c4 + c0 + i] * gv;
+          }
+          for (int64_t i = 0; i < IB; ++i) vstore(&ga[i * kPixelBlock + j0], acc[i]);
+        }
+        for (int64_t i = 0; i < std::min(IB, s.C - c0); ++i) {
+          const int64_t c = c0 + i;
+          const acc_t* src = &a[c * kPixelBlock];  // max(n, 0): positive exactly where n was
+          acc_t* gac = &ga[i * kPixelBlock];
+          for (int64_t q = 0; q < np; ++q) gac[q] = src[q] > acc_t(0) ? gac[q] : acc_t(0);
+          from_opmath(gac, np, gnd + (b * s.C + c) * s.P + p0);
+        }
       }
     }
   });
+  // Crop the padded sums to (O, C) and (O).
+  std::vector<acc_t> wsum(s.O * s.C * V), bsum(s.O * V);
+  for (int64_t o = 0; o < s.O; ++o) {
+    std::copy(&sums[o * c4 * V], &sums[(o * c4 + s.C) * V], &wsum[o * s.C * V]);
+    std::copy(&sums[(n_w + o) * V], &sums[(n_w + o + 1) * V], &bsum[o * V]);
+  }
   const at::TensorOptions wopt = ws.options();
-  std::vector<acc_t> tail(sums.begin() + n_w * V, sums.end());
-  return {gn, fold_vectors(sums, n_w, wopt, {s.O, s.C}), fold_vectors(tail, s.O, wopt, {s.O})};
+  return {gn, fold_vectors(wsum, s.O * s.C, wopt, {s.O, s.C}), fold_vectors(bsum, s.O, wopt, {s.O})};
 }
 
 void check_activation(const at::Tensor& t, const char* what) {
