@@ -34,14 +34,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 #: Where the fused passes beat oneDNN (measured on the 2-core AMD EPYC CPU, one thread, fp32 and
 #: bf16, training and inference; `benchmarks/RESULTS-ops.md`, section 3b): maps of at least 32x32
 #: pixels. There oneDNN's few-channel 1x1 and depth-wise convolutions are slow (16 -> 4 channels
-#: at 32x32, batch 128, bf16: separable forward + backward 6.2 ms fused, 11.8 ms oneDNN); on
-#: smaller maps with more channels its blocked GEMMs win (256 -> 64 at 14x14: 31.3 vs 7.3 ms).
+#: at 32x32, batch 128, bf16: separable forward + backward 7.0 ms fused, 9.6 ms oneDNN); on
+#: smaller maps with more channels its blocked GEMMs win (256 -> 64 at 14x14: 32.6 vs 7.9 ms).
 MIN_PIXELS = 32 * 32
 #: ... and at most this many input channels for :func:`separable` (64 at 56x56: a tie) ...
 MAX_SEPARABLE_CHANNELS = 64
 #: ... and at most this many multiply-adds per pixel (outputs x inputs) for :func:`relu_pointwise`,
 #: the largest measured: RedNet-50's first stage, 16 -> 196 at 56x56 (batch 32, forward + backward
-#: 72 vs 117 ms bf16, 101 vs 205 ms fp32); 8 -> 72 at 32x32 (wide CIFAR models): 14 vs 40 ms bf16.
+#: 107 vs 222 ms fp32, a tie in bf16: 57 vs 52); 8 -> 72 at 32x32 (wide CIFAR models): 12.4 vs
+#: 17.4 ms bf16, 14.3 vs 26.7 fp32.
 MAX_POINTWISE_MACS = 4096
 
 
