@@ -10,8 +10,8 @@
 # weights are evaluated (default 0); the corruption seed is always 0, so every seed's models see
 # the same corrupted images. OUT: the run folder (default runs/cifar10-study-seed<SEED>).
 # Environment: CHECKPOINT (default final.pt; last.pt evaluates unfinished trainings, for checks),
-# LIMIT (a class-balanced subset of N test images, for the sweeps too), CORRUPTIONS (default all), TRAINING (the
-# folder of the <model>-seed<SEED> training folders, default results/cifar10/training).
+# LIMIT (a class-balanced subset of N test images, for the sweeps too), CORRUPTIONS (default all),
+# TRAINING (the folder of the <model>-seed<SEED> training folders, default results/cifar10/training).
 # Run from the repository root with `bivol-robust` on the PATH; prefix `torchrun
 # --nproc_per_node N -m robustbench_bivol` in its place to spread the shards over N processes.
 set -euo pipefail
