@@ -7,11 +7,17 @@ image-clustered tests work across runs) or, without one, from its results.csv. A
 in more than one run is suffixed with its run's folder name. With ``--seeds`` each run is one
 training seed of the same models, and the runs are combined per architecture instead
 (:mod:`seeds`).
+
+A folder that ``compare`` wrote lists its runs in ``runs.json`` (relative to itself, so the folder
+moves with its runs) and counts as one run wherever a run folder is expected: the CIFAR-10 study
+evaluates each model in its own run and merges them, and ``--seeds`` then combines one such merged
+folder per seed.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -24,6 +30,8 @@ from .evaluation.store import CLEAN, CONFIG_FILE, RunStore
 from .html_report import write_html
 from .io import atomic_write_json, atomic_write_text
 
+MERGED_FILE = "runs.json"
+
 #: run.json keys that must agree for results to be comparable.
 SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_quality", "clean_dataset",
              "random_streams")
@@ -32,6 +40,8 @@ SAME_KEYS = ("dataset", "n_samples", "indices_digest", "seed", "profile", "jpeg_
 def _load_run(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise UsageError(f"run folder not found: {path}")
+    if not (path / CONFIG_FILE).is_file() and (path / MERGED_FILE).is_file():
+        return _load_merged(path)
     config_path = path / CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     summary_path = path / "summary.json"
@@ -53,6 +63,30 @@ def _load_run(path: Path) -> dict[str, Any]:
     if tidy.empty:
         raise UsageError(f"{path} holds no finished cells yet")
     return {"path": path, "config": config or {}, "summary": summary, "tidy": tidy, "per_sample": per_sample}
+
+
+def _load_merged(path: Path) -> dict[str, Any]:
+    """A folder ``compare`` wrote, as one run: its runs loaded and merged again."""
+    listed = json.loads((path / MERGED_FILE).read_text())["runs"]
+    runs = [_load_run(path / run) for run in listed]  # relative entries resolve against the folder
+    _check_comparable(runs)
+    _rename(runs)
+    tidy, per_sample = _merge(runs)
+    alexnet = all(run["summary"].get("alexnet_normalisation", False) for run in runs)
+    return {"path": path, "config": {k: runs[0]["config"].get(k) for k in SAME_KEYS},
+            "summary": {"alexnet_normalisation": alexnet}, "tidy": tidy, "per_sample": per_sample}
+
+
+def _merge(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict]:
+    """The runs' tidy rows and per-sample results together; no per-sample results unless every
+    run has them (the paired intervals need every model's)."""
+    tidy = pd.concat([run["tidy"] for run in runs], ignore_index=True)
+    if any(not run["per_sample"] for run in runs):
+        return tidy, {}
+    per_sample: dict = {}
+    for run in runs:
+        per_sample.update(run["per_sample"])
+    return tidy, per_sample
 
 
 def _check_comparable(runs: list[dict[str, Any]]) -> None:
@@ -118,6 +152,11 @@ def _out_folder(runs: list[dict[str, Any]], out: str | Path | None) -> Path:
     return out
 
 
+def _relative(run: Path, out: Path) -> str:
+    """``run`` as seen from ``out``, so that the merged folder still finds its runs once moved with them."""
+    return os.path.relpath(run.resolve(), out.resolve())
+
+
 def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, baseline: str | None = None,
                  command: str = "") -> tuple[Path, dict[str, Any]]:
     """Merge ``run_dirs`` into ``out``: results.csv, corruption_errors, ce, summary.json, plots, report.html."""
@@ -128,12 +167,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
     runs = [_load_run(Path(p)) for p in run_dirs]
     _check_comparable(runs)
     _rename(runs)
-    tidy = pd.concat([run["tidy"] for run in runs], ignore_index=True)
-    per_sample: dict = {}
-    for run in runs:
-        per_sample.update(run["per_sample"])
-    if any(not run["per_sample"] for run in runs):
-        per_sample = {}  # CIs need every model's per-sample results; without them they are left out
+    tidy, per_sample = _merge(runs)
     models = list(dict.fromkeys(tidy["model"]))
     if baseline is not None and baseline not in models:
         raise UsageError(f"--baseline {baseline} is not among the compared models ({', '.join(models)})")
@@ -144,9 +178,9 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, base
     out = _out_folder(runs, out)
     summary = write_reports(out, tidy, per_sample=per_sample, baseline=baseline, alexnet_normalisation=alexnet,
                             command=command)
-    summary["runs"] = {str(run["path"]): run["mapping"] for run in runs}
+    summary["runs"] = {_relative(run["path"], out): run["mapping"] for run in runs}
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "runs.json", {"runs": [str(run["path"].resolve()) for run in runs],
+    atomic_write_json(out / MERGED_FILE, {"runs": list(summary["runs"]),
                                           "models": summary["runs"],
                                           "config": {k: runs[0]["config"].get(k) for k in SAME_KEYS}})
     write_html(out)
@@ -174,7 +208,7 @@ def compare_seeds(run_dirs: list[str | Path], out: str | Path | None = None, bas
     atomic_write_text(out / "seeds.csv", table.to_csv())
     atomic_write_text(out / "seeds.md", markdown_table(table, title))
     atomic_write_json(out / "seeds.json", {"command": command, "baseline": baseline,
-                                           "runs": [str(run["path"].resolve()) for run in runs],
+                                           "runs": [_relative(run["path"], out) for run in runs],
                                            "units": "fractions (mCE: ratio to the baseline's)",
                                            "method": method_note(), "architectures": summary})
     write_html(out)

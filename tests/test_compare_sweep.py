@@ -67,7 +67,7 @@ def test_compare_merges_suffixes_and_refuses(setup, tmp_path):
     assert summary["baseline"] == "resnet20@runA" and set(summary["models"]) == {"resnet20@runA", "resnet20@runB"}
     assert (out / "plots" / "error_vs_severity.png").is_file()
     report = (out / "report.html").read_text()  # the comparison's page: both runs' models and the runs
-    assert "resnet20@runB" in report and "runs.json" in report and str(tmp_path / "runA") in report
+    assert "resnet20@runB" in report and "runs.json" in report and "../runA" in report
     assert "<table" in (tmp_path / "runA" / "report.html").read_text()  # and each evaluate run's own
 
     _evaluate(setup, tmp_path / "small", "r20-0.pt", "--limit", "5")
@@ -102,6 +102,34 @@ def test_compare_seeds_writes_the_seed_table(setup, tmp_path):
     _evaluate(setup, tmp_path / "lone", "r20-1.pt")
     refused = _invoke(["compare", str(tmp_path / "seed0"), str(tmp_path / "lone"), "--seeds"])
     assert refused.exit_code == 2 and "same models" in refused.output and refused.output.count("\n") == 1
+
+
+def test_a_merged_folder_counts_as_one_run(setup, tmp_path):
+    """The CIFAR-10 study's layout: one run per model, merged by compare; --seeds on the merged
+    folders gives the table --seeds gives on one run per seed holding every model, even after the
+    merged folders moved with their runs."""
+    for seed in (0, 1):
+        _evaluate(setup, tmp_path / f"whole{seed}", f"r20-{seed}.pt+bivol-{seed}.pt",
+                  models=("resnet20", "bivol_resnet20"))
+        study = tmp_path / "moved" / f"study{seed}"
+        for name, weights in (("resnet20", f"r20-{seed}.pt"), ("bivol_resnet20", f"bivol-{seed}.pt")):
+            _evaluate(setup, study / "runs" / name, weights, models=(name,))
+        merged = _invoke(["compare", str(study / "runs" / "resnet20"), str(study / "runs" / "bivol_resnet20"),
+                          "--out", str(study)])
+        assert merged.exit_code == 0, merged.output
+    (tmp_path / "moved").rename(tmp_path / "elsewhere")
+    whole = _invoke(["compare", str(tmp_path / "whole0"), str(tmp_path / "whole1"), "--seeds",
+                     "--out", str(tmp_path / "seeds-whole")])
+    split = _invoke(["compare", str(tmp_path / "elsewhere" / "study0"), str(tmp_path / "elsewhere" / "study1"),
+                     "--seeds", "--out", str(tmp_path / "seeds-split")])
+    assert whole.exit_code == 0 and split.exit_code == 0, whole.output + split.output
+    assert (tmp_path / "seeds-split" / "seeds.csv").read_text() == (tmp_path / "seeds-whole" / "seeds.csv").read_text()
+    assert "| bivol_resnet20 |" in (tmp_path / "seeds-split" / "seeds.md").read_text()
+    again = _invoke(["compare", str(tmp_path / "elsewhere" / "study0"), str(tmp_path / "whole1"),
+                     "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert set(pd.read_csv(tmp_path / "again" / "results.csv")["model"]) == {
+        "resnet20@study0", "bivol_resnet20@study0", "resnet20@whole1", "bivol_resnet20@whole1"}
 
 
 def test_sweep_writes_csv_and_plots(setup, tmp_path):
