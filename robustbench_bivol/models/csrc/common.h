@@ -11,7 +11,7 @@ namespace bivol {
 
 constexpr int64_t V = 8;  // output columns per register block (one AVX2 / half an AVX-512 vector of floats)
 
-inline int64_t round_up(int64_t n) { return (n + V - 1) / V * V; }
+inline int64_t round_up(int64_t n, int64_t m = V) { return (n + m - 1) / m * m; }  // n up to a multiple of m
 inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }  // b > 0
 
 // V lanes of T as one GCC vector: accumulators declared this way stay in registers, where gcc

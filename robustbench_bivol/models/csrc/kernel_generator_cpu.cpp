@@ -254,13 +254,11 @@ void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, i
 constexpr int64_t OB = 4;  // output channels per register block of the ReLU+span passes
 constexpr int64_t IB = 4;  // input channels per register block of its weight gradient
 
-int64_t round_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// The (O, C) weight zero-padded to (round_to(O, OB), round_to(C, IB)): blocks read past the edges safely.
+// The (O, C) weight zero-padded to (round_up(O, OB), round_up(C, IB)): blocks read past the edges safely.
 template <typename acc_t>
 std::vector<acc_t> padded_weight(const acc_t* w, int64_t O, int64_t C) {
-  const int64_t c4 = round_to(C, IB);
-  std::vector<acc_t> out(round_to(O, OB) * c4, acc_t(0));
+  const int64_t c4 = round_up(C, IB);
+  std::vector<acc_t> out(round_up(O, OB) * c4, acc_t(0));
   for (int64_t o = 0; o < O; ++o) std::copy(w + o * C, w + (o + 1) * C, out.begin() + o * c4);
   return out;
 }
@@ -271,7 +269,7 @@ at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor k = at::empty(shape, n.options());
   const scalar_t* nd = n.data_ptr<scalar_t>();
-  const int64_t o4 = round_to(s.O, OB), c4 = round_to(s.C, IB);
+  const int64_t o4 = round_up(s.O, OB), c4 = round_up(s.C, IB);
   const std::vector<acc_t> w = padded_weight(ws.data_ptr<acc_t>(), s.O, s.C);
   std::vector<acc_t> bd(o4, acc_t(0));
   std::copy(bias.data_ptr<acc_t>(), bias.data_ptr<acc_t>() + s.O, bd.begin());
@@ -308,7 +306,7 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
   at::Tensor gn = need_input ? at::empty_like(n) : at::Tensor();
   const scalar_t* nd = n.data_ptr<scalar_t>();
   const scalar_t* gd = gk.data_ptr<scalar_t>();
-  const int64_t o4 = round_to(s.O, OB), c4 = round_to(s.C, IB);
+  const int64_t o4 = round_up(s.O, OB), c4 = round_up(s.C, IB);
   const std::vector<acc_t> w = padded_weight(ws.data_ptr<acc_t>(), s.O, s.C);
   scalar_t* gnd = need_input ? gn.data_ptr<scalar_t>() : nullptr;
   const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock, n_w = o4 * c4;  // padded sums, cropped below
