@@ -55,6 +55,9 @@ for model in "${study[@]}"; do
     logs+=("${TRAINING:-results/cifar10/training}/$model-seed$seed")
 done
 bivol-robust compare "${runs[@]}" --baseline resnet20 --out "$out"
+# The paper claims Bi-volution resists noise better than dynamic convolution: the same tables with
+# every difference (and its image-clustered interval) taken against DyConv.
+bivol-robust compare "${runs[@]}" --baseline dyconv_resnet20 --out "$out/vs-dyconv"
 bivol-robust curves "${logs[@]}" --out "$out/training_curves.png"
 # The paper's form of the noise claim: accuracy against noise strength, one line per model, each
 # noise from clean to about twice its CIFAR-10-C severity-5 strength (11 points, the same noise
