@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .errors import UsageError
 from .io import atomic_write_text
+from .metrics import wilson_interval
 from .plotstyle import figure, legend, save, styled
 
 #: Corruptions whose op takes one scalar parameter, with its meaning and the clean value.
@@ -122,22 +123,26 @@ def run_sweep(entries: Sequence[Any], dataset: Any, indices: np.ndarray, grids: 
                         correct[(entry.name, (corruption, c))] += int((entry.predict(images) == labels).sum())
                     bar.update(len(clean))
     rows = [{"corruption": corruption, "model": e.name, "parameter": c, "n": n,
-             "correct": correct[(e.name, (corruption, c))],
-             "accuracy": correct[(e.name, (corruption, c))] / n if n else float("nan")}
+             "correct": correct[(e.name, (corruption, c))]}
             for corruption, c in points for e in entries]
-    return pd.DataFrame(rows, columns=["corruption", "model", "parameter", "n", "correct", "accuracy"]), skipped
+    table = pd.DataFrame(rows, columns=["corruption", "model", "parameter", "n", "correct"])
+    table["accuracy"] = table["correct"] / table["n"].where(table["n"] > 0)
+    table["accuracy_low"], table["accuracy_high"] = wilson_interval(table["correct"], table["n"])
+    return table, skipped
 
 
 @styled
 def plot_sweep(table: pd.DataFrame, out: Path) -> None:
-    """Accuracy against the parameter, one panel per corruption and one line per model, on a
-    shared accuracy axis: sweep.png and sweep.svg."""
+    """Accuracy against the parameter, one panel per corruption and one line per model with its
+    95% Wilson band, on a shared accuracy axis: sweep.png and sweep.svg."""
     corruptions = list(dict.fromkeys(table["corruption"]))
     fig = figure(1.0 + 4.5 * len(corruptions), 4.0)
     axes = fig.subplots(1, len(corruptions), sharey=True, squeeze=False)[0]
     for ax, corruption in zip(axes, corruptions):
         for model, rows in table[table["corruption"] == corruption].groupby("model", sort=False):
-            ax.plot(rows["parameter"], 100.0 * rows["accuracy"], marker="o", markersize=3, label=model)
+            line, = ax.plot(rows["parameter"], 100.0 * rows["accuracy"], marker="o", markersize=3, label=model)
+            ax.fill_between(rows["parameter"], 100.0 * rows["accuracy_low"], 100.0 * rows["accuracy_high"],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
         if corruption == "shot_noise":
             ax.set_xscale("log")
         ax.set_xlabel(f"{corruption}: {SWEEPABLE[corruption][0]}")

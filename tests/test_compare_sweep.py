@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from robustbench_bivol.checkpoint import CheckpointMeta, save_checkpoint
 from robustbench_bivol.cli import main
 from robustbench_bivol.data.builtin import CLASSES, render
+from robustbench_bivol.metrics import wilson_interval
 from robustbench_bivol.models import create_model
 from robustbench_bivol.sweep import parameter_grid, sweep_images
 
@@ -145,7 +146,10 @@ def test_sweep_writes_csv_and_plots(setup, tmp_path):
                       "--no-progress"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "sweep.csv")
-    assert list(table.columns) == ["corruption", "model", "parameter", "n", "correct", "accuracy"]
+    assert list(table.columns) == ["corruption", "model", "parameter", "n", "correct", "accuracy",
+                                   "accuracy_low", "accuracy_high"]
+    assert ((table["accuracy_low"] <= table["accuracy"]) & (table["accuracy"] <= table["accuracy_high"])).all()
+    assert table["accuracy_low"].iloc[0] == pytest.approx(wilson_interval(table["correct"].iloc[0], N)[0])
     assert table["parameter"].tolist() == pytest.approx([0.0, 0.25, 0.5])
     assert (table["n"] == N).all()
     clean_correct = clean[clean.corruption == "clean"]["correct"].item()
