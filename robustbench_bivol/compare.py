@@ -148,6 +148,8 @@ def _out_folder(runs: list[dict[str, Any]], out: str | Path | None) -> Path:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(run["path"].resolve().name for run in runs))[:120]
         out = Path("runs") / f"compare-{slug}"
     out = Path(out)
+    if (out / CONFIG_FILE).is_file():  # its reports would be replaced while its run.json and cells stay
+        raise UsageError(f"{out} is a run folder written by evaluate; give compare another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -75,6 +75,9 @@ def test_compare_merges_suffixes_and_refuses(setup, tmp_path):
     refused = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "small"), "--out", str(tmp_path / "no")])
     assert refused.exit_code == 2 and "different sample sets" in refused.output
     assert refused.output.count("\n") == 1
+    into_run = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "runB"), "--out", str(tmp_path / "runA")])
+    assert into_run.exit_code == 2 and "is a run folder written by evaluate" in into_run.output
+    assert pd.read_csv(tmp_path / "runA" / "results.csv")["model"].unique().tolist() == ["resnet20"]
     other = _invoke(["compare", str(tmp_path / "runA"), str(tmp_path / "nothing")])
     assert other.exit_code == 2 and "run folder not found" in other.output
 
