@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Regenerate results/cifar10/fourier: Fourier heat maps and band-limited noise sweeps of the five
-# operators with the bundled CIFAR-10 weights (--weights cifar10) on a class-balanced 500-image
-# subset of the CIFAR-10 test split. When the bundled weights are replaced by the fully trained
-# ones of the study in progress, rerun this script; nothing else changes.
+# Regenerate results/cifar10/fourier: Fourier heat maps and band-limited noise sweeps of the seven
+# models of the CIFAR-10 reference study with the bundled CIFAR-10 weights (--weights cifar10) on
+# a class-balanced 500-image subset of the CIFAR-10 test split. (The maps committed here are the
+# first version's five models; rerun this script to replace them.)
 #
 #   results/cifar10/fourier/run.sh DATA [RUN]
 #
@@ -17,7 +17,8 @@ set -euo pipefail
 export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 data=$1 run=${2:-runs/fourier-cifar10}
 here=results/cifar10/fourier
-models=(-m resnet20 -m condconv_resnet20 -m dyconv_resnet20 -m involution_resnet20 -m bivol_resnet20)
+models=(-m resnet20 -m condconv_resnet20 -m dyconv_resnet20 -m involution_wide_resnet20 -m bivol_resnet20
+        -m bivol_nosakg_resnet20 -m bivol_nostatic_wide_resnet20)
 bivol-robust fourier "${models[@]}" --weights cifar10 --dataset "$data" --limit 500 \
     --shard-size 125 --batch-size 125 --out "$run"
 cp "$run"/run.json "$run"/fourier.csv "$run"/fourier*.png "$run"/fourier*.svg "$here"/
