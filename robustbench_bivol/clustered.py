@@ -111,7 +111,8 @@ def paired_statistics(tidy: pd.DataFrame, per_sample: M.PerSample, model: str, b
 def bootstrap_means(columns: np.ndarray, replicates: int = BOOTSTRAP_REPLICATES, seed: int = SEED) -> np.ndarray:
     """Column means over ``replicates`` resamples of the rows (images) with replacement,
     shape (replicates, columns). The resamples depend only on (rows, replicates, seed), so two
-    calls on columns of the same images draw the same images."""
+    calls on columns of the same images draw the same images (their means agree up to the float
+    rounding of the matrix product, which BLAS may order differently for another column count)."""
     n = len(columns)
     rng = np.random.default_rng(seed)
     out = np.empty((replicates, columns.shape[1]))
