@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate results/cifar10/fourier: Fourier heat maps and band-limited noise sweeps of the seven
 # models of the CIFAR-10 reference study with the bundled CIFAR-10 weights (--weights cifar10) on
-# a class-balanced 500-image subset of the CIFAR-10 test split. (The maps committed here are the
-# first version's five models; rerun this script to replace them.)
+# a class-balanced 500-image subset of the CIFAR-10 test split.
 #
 #   results/cifar10/fourier/run.sh DATA [RUN]
 #
