@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate the CIFAR-10 reference study (second version): the seven models trained by train.sh,
+# Evaluate the CIFAR-10 reference study: the seven models trained by train.sh,
 # clean and all 19 corruptions x 5 severities with the CIFAR-10-C parameters, on the full
 # 10 000-image test split; then merge them into one study, draw the training curves and sweep the
 # three noises.
