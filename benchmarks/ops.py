@@ -333,6 +333,8 @@ def generator_table(quick: bool, warmup: int, repeats: int) -> str:
     lines = ["| dtype | B | C@HxW | reduced | span out | separable train ms torch / fused | infer | used | "
              "ReLU+span train ms torch / fused | infer | used |",
              "|---|---:|---|---:|---:|---|---|:---:|---|---|:---:|"]
+    rules = ((fused_generator.SMALL_SEPARABLE_CHANNELS, fused_generator.MAX_SEPARABLE_CHANNELS),
+             (fused_generator.SMALL_POINTWISE_MACS, fused_generator.MAX_POINTWISE_MACS))
     thresholds = (fused_generator.MIN_PIXELS, fused_generator.MAX_SEPARABLE_CHANNELS,
                   fused_generator.MAX_POINTWISE_MACS)
     device = torch.device("cpu")
@@ -343,10 +345,10 @@ def generator_table(quick: bool, warmup: int, repeats: int) -> str:
             n = torch.randn(b, r, size, size, dtype=dtype, requires_grad=True)
             depthwise = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False).to(dtype)
             reduce, span, relu = nn.Conv2d(c, r, 1, bias=False).to(dtype), nn.Conv2d(r, o, 1).to(dtype), nn.ReLU()
-            passes = ((lambda: fused_generator.separable(x, depthwise, reduce), c, thresholds[1]),
-                      (lambda: fused_generator.relu_pointwise(n, relu, span), r * o, thresholds[2]))
+            passes = ((lambda: fused_generator.separable(x, depthwise, reduce), c, rules[0]),
+                      (lambda: fused_generator.relu_pointwise(n, relu, span), r * o, rules[1]))
             cells = []
-            for run, macs, limit in passes:
+            for run, work, rule in passes:
                 times = {}
                 for fused in (False, True):
                     if fused:  # every shape, whatever the thresholds
@@ -359,7 +361,7 @@ def generator_table(quick: bool, warmup: int, repeats: int) -> str:
                     times[fused] = (train, infer)
                 fused_generator.MIN_PIXELS, fused_generator.MAX_SEPARABLE_CHANNELS, \
                     fused_generator.MAX_POINTWISE_MACS = thresholds
-                used = size * size >= thresholds[0] and macs <= limit
+                used = fused_generator.pays(size * size, work, *rule)
                 cells.append(f"{ms(times[False][0])} / {ms(times[True][0])} | {ms(times[False][1])} / "
                              f"{ms(times[True][1])} | {'yes' if used else 'no'}")
             lines.append(f"| {str(dtype)[6:]} | {b} | {c}@{size}x{size} | {r} | {o} | {cells[0]} | {cells[1]} |")
@@ -455,9 +457,9 @@ GENERATOR_METHOD = """The kernel generator's two passes (`robustbench_bivol/mode
 depth-wise 3x3 + 1x1 reduction (SAKG's spatial context extractor and the generator's first conv),
 `ReLU+span` = ReLU + the span 1x1 (with bias); torch = the `nn.Conv2d` modules (oneDNN), fused =
 the C++ passes. train = forward + backward of the sum, infer = forward under no_grad; median of
-{repeats} after {warmup} warm-up call(s). `used`: whether `fused_generator`'s thresholds (maps of
-at least MIN_PIXELS pixels, at most MAX_SEPARABLE_CHANNELS input channels / MAX_POINTWISE_MACS
-multiply-adds per pixel) fuse that shape in a model."""
+{repeats} after {warmup} warm-up call(s). `used`: whether `fused_generator.pays` fuses that shape in a model
+(at most SMALL_SEPARABLE_CHANNELS input channels / SMALL_POINTWISE_MACS multiply-adds per pixel at
+any map size, or at most MAX_SEPARABLE_CHANNELS / MAX_POINTWISE_MACS on maps of at least MIN_PIXELS pixels)."""
 
 AGGREGATION_METHOD = """The aggregation alone (`involution_aggregate`'s two implementations): the pure-torch path
 (K*K in-place multiply-adds of strided views, `BIVOL_FUSED=0`) and the fused kernel

@@ -23,6 +23,8 @@ def _fuse_every_shape(request, monkeypatch):
         monkeypatch.setattr(fused_generator, "MIN_PIXELS", 0)
         monkeypatch.setattr(fused_generator, "MAX_SEPARABLE_CHANNELS", 1 << 30)
         monkeypatch.setattr(fused_generator, "MAX_POINTWISE_MACS", 1 << 30)
+        monkeypatch.setattr(fused_generator, "SMALL_SEPARABLE_CHANNELS", 1 << 30)
+        monkeypatch.setattr(fused_generator, "SMALL_POINTWISE_MACS", 1 << 30)
 
 
 def _separable_modules(c: int, r: int, depthwise: bool, dtype=torch.float64) -> tuple[nn.Module | None, nn.Conv2d]:
@@ -182,8 +184,8 @@ def test_flop_count_sees_the_generator_convs():
 
 @pytest.mark.keep_thresholds
 def test_fuses_only_where_measured_to_pay():
-    """Large maps with few channels take the fused passes (the ReLU module is not called); small
-    maps or many channels go to the torch modules."""
+    """Few channels take the fused passes at any map size (the ReLU module is not called), more
+    channels only on large maps; many channels go to the torch modules."""
     relu_calls = []
     relu = nn.ReLU()
     relu.register_forward_hook(lambda *args: relu_calls.append(1))
@@ -194,7 +196,9 @@ def test_fuses_only_where_measured_to_pay():
         return not relu_calls
 
     assert fused(4, 9, 32)  # CIFAR's first stage: 36 multiply-adds per pixel at 32x32
-    assert not fused(4, 9, 16)  # map too small
+    assert fused(16, 36, 8)  # CIFAR's last stage: 576 at 8x8
+    assert fused(16, 196, 32)  # RedNet-50's first stage: 3136 on a large map ...
+    assert not fused(16, 196, 16)  # ... but not on a small one
     assert not fused(64, 784, 32)  # too many channels
     depthwise_calls = []
 
@@ -206,7 +210,9 @@ def test_fuses_only_where_measured_to_pay():
         return not depthwise_calls
 
     assert separable_fused(16, 32)
-    assert not separable_fused(16, 16)
+    assert separable_fused(32, 8)  # few channels: any map size
+    assert separable_fused(64, 32)
+    assert not separable_fused(64, 16)  # more channels: large maps only
     assert not separable_fused(128, 32)
 
 

@@ -31,19 +31,25 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-#: Where the fused passes beat oneDNN (measured on the 2-core AMD EPYC CPU, one thread, fp32 and
-#: bf16, training and inference; `benchmarks/RESULTS-ops.md`, section 3b): maps of at least 32x32
-#: pixels. There oneDNN's few-channel 1x1 and depth-wise convolutions are slow (16 -> 4 channels
-#: at 32x32, batch 128, bf16: separable forward + backward 7.0 ms fused, 9.6 ms oneDNN); on
-#: smaller maps with more channels its blocked GEMMs win (256 -> 64 at 14x14: 32.6 vs 7.9 ms).
+#: Where the fused passes beat oneDNN (measured on a 2-core Intel Xeon with AVX-512/AMX and on a
+#: 2-core AMD EPYC, one thread, fp32 and bf16, training and inference; `benchmarks/RESULTS-ops*.md`,
+#: section 3b). Few channels win at every map size: the CIFAR models' 16 -> 4 at 32x32, 32 -> 8 at
+#: 16x16 (batch 128, bf16, separable forward + backward 7.7 vs 13.4 ms oneDNN; 4.6 vs 6.9 ms).
+#: Up to 64 input channels win on maps of at least MIN_PIXELS pixels (RedNet-50's 64@56x56: 57 vs
+#: 78 ms fp32, a tie in bf16); above that oneDNN's blocked GEMMs win (256 -> 64 at 14x14: 43 vs 13 ms).
 MIN_PIXELS = 32 * 32
-#: ... and at most this many input channels for :func:`separable` (64 at 56x56: a tie) ...
-MAX_SEPARABLE_CHANNELS = 64
-#: ... and at most this many multiply-adds per pixel (outputs x inputs) for :func:`relu_pointwise`,
-#: the largest measured: RedNet-50's first stage, 16 -> 196 at 56x56 (batch 32, forward + backward
-#: 107 vs 222 ms fp32, a tie in bf16: 57 vs 52); 8 -> 72 at 32x32 (wide CIFAR models): 12.4 vs
-#: 17.4 ms bf16, 14.3 vs 26.7 fp32.
-MAX_POINTWISE_MACS = 4096
+#: Input channels of :func:`separable` fused at any map size / on maps of at least MIN_PIXELS pixels.
+SMALL_SEPARABLE_CHANNELS, MAX_SEPARABLE_CHANNELS = 32, 64
+#: Multiply-adds per pixel (outputs x inputs) of :func:`relu_pointwise` fused at any map size (16 -> 36
+#: at 8x8: 1.1 vs 1.8 ms fp32) / on maps of at least MIN_PIXELS pixels (RedNet-50's 16 -> 196 at 56x56,
+#: batch 32: 105 vs 204 ms fp32; 64 -> 144 at 16x16 is a tie, 32 -> 288 at 8x8 a loss).
+SMALL_POINTWISE_MACS, MAX_POINTWISE_MACS = 1024, 4096
+
+
+def pays(pixels: int, work: int, small: int, limit: int) -> bool:
+    """Whether fusing a pass pays: ``work`` per pixel (channels or multiply-adds) at most ``small``,
+    or at most ``limit`` on maps of at least :data:`MIN_PIXELS` pixels."""
+    return work <= small or (pixels >= MIN_PIXELS and work <= limit)
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -53,8 +59,8 @@ def applies(x: torch.Tensor) -> bool:
             and fused_involution.extension() is not None)
 
 
-def _pays(x: torch.Tensor, macs_per_pixel: int, limit: int) -> bool:
-    return x.shape[-2] * x.shape[-1] >= MIN_PIXELS and macs_per_pixel <= limit and applies(x)
+def _pays(x: torch.Tensor, work: int, small: int, limit: int) -> bool:
+    return pays(x.shape[-2] * x.shape[-1], work, small, limit) and applies(x)
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -93,13 +99,12 @@ class _ReluPointwise(torch.autograd.Function):
 
 def separable(x: torch.Tensor, depthwise: nn.Conv2d | None, pointwise: nn.Conv2d) -> torch.Tensor:
     """``pointwise(depthwise(x))`` (``pointwise(x)`` without ``depthwise``), fused where
-    :func:`applies` and the shape is one where fusing pays (:data:`MIN_PIXELS`,
-    :data:`MAX_SEPARABLE_CHANNELS`).
+    :func:`applies` and the shape is one where fusing pays (:func:`pays`).
 
     ``depthwise``: 3x3, stride 1, padding 1, one group per channel, no bias (SAKG's spatial
     context extractor); ``pointwise``: 1x1, no bias (the generator's reduction).
     """
-    if not _pays(x, x.shape[1], MAX_SEPARABLE_CHANNELS):
+    if not _pays(x, x.shape[1], SMALL_SEPARABLE_CHANNELS, MAX_SEPARABLE_CHANNELS):
         return pointwise(x if depthwise is None else depthwise(x))
     dtype = _compute_dtype(x)
     opmath = _opmath(dtype)
@@ -110,9 +115,9 @@ def separable(x: torch.Tensor, depthwise: nn.Conv2d | None, pointwise: nn.Conv2d
 
 def relu_pointwise(n: torch.Tensor, relu: nn.Module, pointwise: nn.Conv2d) -> torch.Tensor:
     """``pointwise(relu(n))`` (``pointwise``: 1x1 with bias, the generator's span), fused where
-    :func:`applies` and it pays (:data:`MIN_PIXELS`, :data:`MAX_POINTWISE_MACS`); fused, ``n`` is
+    :func:`applies` and it pays (:func:`pays`); fused, ``n`` is
     left unchanged and ``relu`` (an ``nn.ReLU``) is not called."""
-    if not _pays(n, n.shape[1] * pointwise.out_channels, MAX_POINTWISE_MACS):
+    if not _pays(n, n.shape[1] * pointwise.out_channels, SMALL_POINTWISE_MACS, MAX_POINTWISE_MACS):
         return pointwise(relu(n))
     dtype = _compute_dtype(n)
     opmath = _opmath(dtype)

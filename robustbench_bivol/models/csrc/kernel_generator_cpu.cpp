@@ -82,13 +82,9 @@ template <typename acc_t>
 inline void mix_channels(const acc_t* w, int64_t wstride, const acc_t* in, int64_t istride, int64_t channels,
                          int64_t n, acc_t* out) {
   for (int64_t p0 = 0; p0 < n; p0 += V) {
-    acc_t acc[V] = {};
-    for (int64_t c = 0; c < channels; ++c) {
-      const acc_t wc = w[c * wstride];
-      const acc_t* src = in + c * istride + p0;
-      for (int64_t q = 0; q < V; ++q) acc[q] += wc * src[q];
-    }
-    for (int64_t q = 0; q < V; ++q) out[p0 + q] = acc[q];
+    vec_t<acc_t> acc = {};
+    for (int64_t c = 0; c < channels; ++c) acc += w[c * wstride] * vload(in + c * istride + p0);
+    vstore(out + p0, acc);
   }
 }
 
@@ -102,14 +98,10 @@ inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t 
       continue;
     }
     for (int64_t j0 = 0; j0 < wv; j0 += V) {
-      acc_t acc[V] = {};
+      vec_t<acc_t> acc = {};
       for (int64_t u = 0; u < 3; ++u)
-        for (int64_t v = 0; v < 3; ++v) {
-          const acc_t w = wd[u * 3 + v];
-          const acc_t* src = xb + (rr - 1 + u) * wp + j0 + v;
-          for (int64_t q = 0; q < V; ++q) acc[q] += w * src[q];
-        }
-      for (int64_t q = 0; q < V; ++q) z[j0 + q] = acc[q];
+        for (int64_t v = 0; v < 3; ++v) acc += wd[u * 3 + v] * vload(xb + (rr - 1 + u) * wp + j0 + v);
+      vstore(z + j0, acc);
     }
   }
 }
@@ -210,14 +202,12 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
             continue;
           }
           for (int64_t j0 = 0; j0 < s.Wv; j0 += V) {  // grad x[c]: the 3x3 taps applied to gz, flipped
-            acc_t g[V] = {};
+            vec_t<acc_t> g = {};
             for (int64_t u = 0; u < 3; ++u)
-              for (int64_t v = 0; v < 3; ++v) {
-                const acc_t w = wdd[c * 9 + u * 3 + v];
-                const acc_t* src = &gz[(rr + 1 - u) * s.Wp + j0 + 2 - v];
-                for (int64_t q = 0; q < V; ++q) g[q] += w * src[q];
-              }
-            for (int64_t q = 0, cols = std::min(V, s.W - j0); q < cols; ++q) dst[j0 + q] = scalar_t(g[q]);
+              for (int64_t v = 0; v < 3; ++v) g += wdd[c * 9 + u * 3 + v] * vload(&gz[(rr + 1 - u) * s.Wp + j0 + 2 - v]);
+            acc_t lanes[V];
+            vstore(lanes, g);
+            from_opmath(lanes, std::min(V, s.W - j0), dst + j0);
           }
         }
       }
