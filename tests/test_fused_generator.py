@@ -113,6 +113,81 @@ def test_bf16_as_accurate_as_the_torch_modules(dtype, amp, monkeypatch):
         assert got <= max(2 * want, 1e-3), (fused, modules)
 
 
+def _forward_and_grads(module: Involution2d, x: torch.Tensor) -> list[torch.Tensor]:
+    out = module(x)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(out.dtype)
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [out, *torch.autograd.grad(out, [x, *params], grad), *module.buffers()]
+
+
+@pytest.mark.parametrize("sakg", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_node_equals_the_torch_modules(sakg, channels_last, monkeypatch):
+    """In training, a stride-1 involution runs as one fused autograd node (generation and
+    aggregation): its output, every gradient and the BN running statistics equal the torch
+    modules' in float64."""
+    module = _involution(8, 1, sakg).double().train()
+    x = torch.randn(3, 8, 7, 10, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert fused_generator.branch_applies(module, x)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    fused = _forward_and_grads(module, x)
+    module.load_state_dict(state)
+    monkeypatch.setenv("BIVOL_FUSED", "0")
+    assert not fused_generator.branch_applies(module, x)
+    reference = _forward_and_grads(module, x)
+    for got, want in zip(fused, reference, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("sakg", [True, False])
+def test_training_node_gradcheck(sakg):
+    module = _involution(8, 1, sakg).double().train()
+    params = fused_generator._branch_parameters(module)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: fused_generator._GenerateAggregate.apply(x, module, *p),
+                                    (x, *params))
+
+
+def test_training_node_only_where_it_serves():
+    """Eval mode, no grad, stride 2 and an autocast float32 input take the separate nodes."""
+    module = _involution(8, 1, True).train()
+    x = torch.randn(2, 8, 6, 6)
+    assert fused_generator.branch_applies(module, x)
+    with torch.no_grad():
+        assert not fused_generator.branch_applies(module, x)
+    assert not fused_generator.branch_applies(module.eval(), x)
+    assert not fused_generator.branch_applies(_involution(8, 2, True).train(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_generator.branch_applies(module.train(), x)
+        assert fused_generator.branch_applies(module, x.bfloat16())
+
+
+def test_training_node_bf16_as_accurate_as_the_torch_modules(monkeypatch):
+    """bf16 training step of a SAKG involution under autocast: output and gradients within 2x the
+    torch modules' error of a float64 run (relative Frobenius error, as above)."""
+    module = _involution(16, 1, True)
+    x = torch.randn(4, 16, 16, 16).bfloat16().requires_grad_()
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    reference_module = _involution(16, 1, True).double()
+    reference_module.load_state_dict(state)
+    reference = _forward_and_grads(reference_module, x.detach().double().requires_grad_())[:-3]
+
+    def errors() -> list[float]:
+        module.load_state_dict(state)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _forward_and_grads(module, x)[:-3]
+        return [((o.double() - r).norm() / r.norm()).item() for o, r in zip(out, reference, strict=True)]
+
+    fused = errors()
+    monkeypatch.setenv("BIVOL_FUSED", "0")
+    modules = errors()
+    for got, want in zip(fused, modules, strict=True):
+        assert got <= max(2 * want, 1e-3), (fused, modules)
+
+
 def test_two_threads_give_the_same_kernels_and_gradients():
     """Weight gradients are summed per fixed chunk of work: equal on 1 and 2 threads up to float
     rounding, and deterministic on each."""

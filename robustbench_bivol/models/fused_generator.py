@@ -18,6 +18,7 @@ input is cast to the autocast dtype, as autocast does for the convolutions it re
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import fused_involution
@@ -71,14 +72,14 @@ class _Separable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, depthwise: torch.Tensor | None, pointwise: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, depthwise, pointwise)
-        return fused_involution.extension().separable_forward(x, depthwise, pointwise)
+        return fused_involution.extension().separable_forward(x, depthwise, pointwise, False)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, depthwise, pointwise = ctx.saved_tensors
         gx, gd, gp = fused_involution.extension().separable_backward(
-            grad.contiguous(), x, depthwise, pointwise, ctx.needs_input_grad[0])
+            grad.contiguous(), x, depthwise, pointwise, ctx.needs_input_grad[0], None, None)
         return gx, gd if ctx.needs_input_grad[1] else None, gp if ctx.needs_input_grad[2] else None
 
 
@@ -123,3 +124,91 @@ def relu_pointwise(n: torch.Tensor, relu: nn.Module, pointwise: nn.Conv2d) -> to
     opmath = _opmath(dtype)
     weight = pointwise.weight.to(opmath).reshape(pointwise.out_channels, n.shape[1])
     return _ReluPointwise.apply(n.to(dtype).contiguous(), weight, pointwise.bias.to(opmath))
+
+
+def _branch_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The kernel generator's parameters in :class:`_GenerateAggregate`'s input order."""
+    convs = [module.spatial, module.reduce]
+    linear = [] if module.channel is None else [module.channel.weight, module.channel.bias]
+    return ([m.weight for m in convs if m is not None] + linear
+            + [module.bn.weight, module.bn.bias, module.span.weight, module.span.bias])
+
+
+class _GenerateAggregate(torch.autograd.Function):
+    """A stride-1 involution's kernel generation and aggregation in training, one autograd node.
+
+    Why: as separate nodes, x's gradient arrives in three pieces (the aggregation's, the
+    generator's and, with SAKG's channel term, the global average pool's) that autograd adds with
+    two activation-sized passes, and the pool reads x once more. Here the separable pass also sums
+    x's planes, and its backward adds the aggregation's gradient and the pool's (per plane) while
+    it writes x's: one gradient, no extra pass. The ReLU + span and the aggregation are the fused
+    C++ passes; the middle of the generator (channel term, batch norm on batch statistics, which
+    updates the running statistics once, in forward) stays torch's: backward recomputes it from
+    the saved reduced features (a quarter of an activation; autocast as in forward) and
+    differentiates it with autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
+        ext = fused_involution.extension()
+        opmath = _opmath(x.dtype)
+        x = x.contiguous()
+        b, c, h, w = x.shape
+        wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
+        wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
+        ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
+        r, sums = ext.separable_forward(x, wd, wr, module.channel is not None)
+        mean = None if sums is None else sums / (h * w)
+        n = module.bn(_channel_term(module, r, mean)).to(x.dtype).contiguous()  # updates the running statistics
+        kernels = ext.relu_pointwise_forward(n, ws, module.span.bias.detach().to(opmath))
+        kernels = kernels.view(b, module.groups, module.kernel_size ** 2, h, w)
+        pad = (module.kernel_size - 1) // 2
+        ctx.module, ctx.geometry = module, (module.kernel_size, 1, 1, pad, pad)
+        ctx.autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+        ctx.shapes = [p.shape for p in params]
+        ctx.save_for_backward(x, wd, wr, ws, r, mean, n, kernels)
+        return ext.forward(x, kernels, *ctx.geometry)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        ext = fused_involution.extension()
+        x, wd, wr, ws, r, mean, n, kernels = ctx.saved_tensors
+        module, need_x = ctx.module, ctx.needs_input_grad[0]
+        gx_agg, gk = ext.backward(grad.to(x.dtype).contiguous(), x, kernels, *ctx.geometry, need_x, True)
+        gn, gws, gbs = ext.relu_pointwise_backward(gk.view(n.shape[0], -1, *n.shape[2:]), n, ws, True)
+        leaves = [r.detach().requires_grad_()] + ([] if mean is None else [mean.detach().requires_grad_()])
+        middle = ([] if mean is None else [module.channel.weight, module.channel.bias]) + [module.bn.weight, module.bn.bias]
+        with torch.enable_grad(), torch.autocast("cpu", dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
+            bn = module.bn
+            recomputed = F.batch_norm(_channel_term(module, leaves[0], leaves[-1] if mean is not None else None), None, None,
+                                      bn.weight, bn.bias, True, 0.0, bn.eps)  # batch statistics, as in forward
+        grads = torch.autograd.grad(recomputed, leaves + middle, gn.to(recomputed.dtype))
+        gpool = None if mean is None else (grads[1] / (x.shape[2] * x.shape[3])).to(wr.dtype).contiguous()
+        gx, gwd, gwr = ext.separable_backward(grads[0].to(x.dtype).contiguous(), x, wd, wr, need_x, gx_agg, gpool)
+        flat = ([] if wd is None else [gwd]) + [gwr] + list(grads[len(leaves):]) + [gws, gbs]
+        return (gx if need_x else None, None,
+                *(g.reshape(shape) if need else None
+                  for g, shape, need in zip(flat, ctx.shapes, ctx.needs_input_grad[2:], strict=True)))
+
+
+def _channel_term(module: nn.Module, r: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """SAKG's channel information added to the reduced features (``r`` itself without it)."""
+    return r if mean is None else r + module.channel(mean)[:, :, None, None]
+
+
+def branch_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`generate_and_aggregate` serves this call of an ``Involution2d`` (training-mode
+    BN, grad enabled, stride 1, odd K, the fused passes applying and paying at this shape)."""
+    return (module.bn.training and torch.is_grad_enabled() and module.stride == 1 and module.kernel_size % 2 == 1
+            and all(p.requires_grad for p in _branch_parameters(module))
+            and _pays(x, x.shape[1], SMALL_SEPARABLE_CHANNELS, MAX_SEPARABLE_CHANNELS)
+            and pays(x.shape[-2] * x.shape[-1], module.reduce.out_channels * module.span.out_channels,
+                     SMALL_POINTWISE_MACS, MAX_POINTWISE_MACS)
+            and x.dtype == _compute_dtype(x))  # under autocast a float32 x aggregates in float32: not here
+
+
+def generate_and_aggregate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``involution_aggregate(x, module.generate_kernels(x), K)`` of an ``Involution2d`` as one fused
+    autograd node (see :class:`_GenerateAggregate`); call where :func:`branch_applies`."""
+    return _GenerateAggregate.apply(x, module, *_branch_parameters(module))

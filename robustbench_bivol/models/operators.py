@@ -315,7 +315,9 @@ class Involution2d(nn.Module):
         launch_bound = x.device.type != "cpu" and not torch.is_grad_enabled()
         threshold = self.chunk_min_bytes_gpu if launch_bound else self.chunk_min_bytes
         step = self.chunk_rows(ho) if kernel_bytes >= threshold else ho
-        if self.bn.training or step >= ho or self.kernel_size % 2 == 0:  # BN batch stats need the whole map
+        if fused_generator.branch_applies(self, x):  # training: one fused autograd node
+            out = fused_generator.generate_and_aggregate(self, x)
+        elif self.bn.training or step >= ho or self.kernel_size % 2 == 0:  # BN batch stats need the whole map
             out = involution_aggregate(x, self.generate_kernels(x), self.kernel_size, self.stride)
         else:
             out = self._forward_chunked(x, step, ho)

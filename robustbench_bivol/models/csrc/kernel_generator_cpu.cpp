@@ -107,7 +107,8 @@ inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t 
 }
 
 template <typename scalar_t>
-at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, const at::Tensor& wr, const Sep& s) {
+std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, const at::Tensor& wr,
+                                               const Sep& s, bool need_sums) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor r = at::empty({s.B, s.R, s.H, s.W}, x.options());
   const scalar_t* xd = x.data_ptr<scalar_t>();
@@ -116,6 +117,9 @@ at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, con
   scalar_t* rd = r.data_ptr<scalar_t>();
   const int64_t rb = block_rows(s.H, s.W), nblocks = (s.H + rb - 1) / rb, plane = s.H * s.W;
   const int64_t band = (rb + 2) * s.Wp, zband = rb * s.Wv;
+  // Channel sums per task (its rows), added in task order below: the result does not depend on threads.
+  at::Tensor part = need_sums ? at::zeros({s.B, nblocks, s.C}, wr.options()) : at::Tensor();
+  acc_t* pd = need_sums ? part.data_ptr<acc_t>() : nullptr;
   at::parallel_for(0, s.B * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xb(s.C * band), zb(s.C * zband), out(zband);
     for (int64_t t = begin; t < end; ++t) {
@@ -123,6 +127,16 @@ at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, con
       for (int64_t c = 0; c < s.C; ++c) {
         load_padded(xd + (b * s.C + c) * plane, s.H, s.W, i0 - 1, n + 2, 1, s.Wp, &xb[c * band]);
         depthwise_band(&xb[c * band], s.dw ? wdd + c * 9 : nullptr, n, s.Wv, s.Wp, &zb[c * zband]);
+        if (need_sums) {  // the block's own rows 1..n; the padding columns are zero
+          vec_t<acc_t> acc = {};
+          const acc_t* rows = &xb[c * band + s.Wp];
+          int64_t q = 0;
+          for (; q + V <= n * s.Wp; q += V) acc += vload(rows + q);
+          acc_t total = 0;
+          for (; q < n * s.Wp; ++q) total += rows[q];
+          for (int64_t l = 0; l < V; ++l) total += acc[l];
+          pd[t * s.C + c] = total;
+        }
       }
       for (int64_t o = 0; o < s.R; ++o) {
         mix_channels(wrd + o * s.C, 1, zb.data(), zband, s.C, n * s.Wv, out.data());
@@ -132,14 +146,28 @@ at::Tensor separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, con
       }
     }
   });
-  return r;
+  return {r, need_sums ? part.sum(1) : at::Tensor()};
+}
+
+// One gradient vector of x: ``g`` plus the channel's ``bias`` plus, with ``prior``, the values
+// already there (the same cells of another gradient of x), rounded once into ``dst``.
+template <typename scalar_t, typename acc_t>
+inline void store_grad(const vec_t<acc_t>& g, int64_t cols, acc_t bias, const scalar_t* prior, scalar_t* dst) {
+  acc_t lanes[V], before[V] = {};
+  vstore(lanes, g + bias);
+  if (prior != nullptr) to_opmath(prior, cols, before);
+  for (int64_t q = 0; q < V; ++q) lanes[q] += before[q];
+  from_opmath(lanes, cols, dst);
 }
 
 template <typename scalar_t>
 std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::Tensor& x, const at::Tensor& wd,
-                                                const at::Tensor& wr, const Sep& s, bool need_x) {
+                                                const at::Tensor& wr, const Sep& s, bool need_x,
+                                                const at::Tensor& gx_prior, const at::Tensor& gx_bias) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::Tensor gx = need_x ? at::empty_like(x) : at::Tensor();
+  at::Tensor gx = !need_x ? at::Tensor() : gx_prior.defined() ? gx_prior : at::empty_like(x);
+  const bool prior = gx_prior.defined();
+  const acc_t* biasd = gx_bias.defined() ? gx_bias.data_ptr<acc_t>() : nullptr;
   const scalar_t* xd = x.data_ptr<scalar_t>();
   const scalar_t* gd = gr.data_ptr<scalar_t>();
   const acc_t* wdd = s.dw ? wd.data_ptr<acc_t>() : nullptr;
@@ -196,20 +224,18 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
         }
         if (!need_x) continue;
         scalar_t* dst = gxd + (b * s.C + c) * plane + i0 * s.W;
-        for (int64_t rr = 1; rr <= n; ++rr, dst += s.W) {
-          if (!s.dw) {
-            for (int64_t q = 0; q < s.W; ++q) dst[q] = scalar_t(gz[rr * s.Wp + 1 + q]);
-            continue;
-          }
+        const acc_t bias = biasd != nullptr ? biasd[b * s.C + c] : acc_t(0);
+        for (int64_t rr = 1; rr <= n; ++rr, dst += s.W)
           for (int64_t j0 = 0; j0 < s.Wv; j0 += V) {  // grad x[c]: the 3x3 taps applied to gz, flipped
             vec_t<acc_t> g = {};
-            for (int64_t u = 0; u < 3; ++u)
-              for (int64_t v = 0; v < 3; ++v) g += wdd[c * 9 + u * 3 + v] * vload(&gz[(rr + 1 - u) * s.Wp + j0 + 2 - v]);
-            acc_t lanes[V];
-            vstore(lanes, g);
-            from_opmath(lanes, std::min(V, s.W - j0), dst + j0);
+            if (s.dw)
+              for (int64_t u = 0; u < 3; ++u)
+                for (int64_t v = 0; v < 3; ++v) g += wdd[c * 9 + u * 3 + v] * vload(&gz[(rr + 1 - u) * s.Wp + j0 + 2 - v]);
+            else
+              g = vload(&gz[rr * s.Wp + 1 + j0]);
+            const int64_t cols = std::min(V, s.W - j0);
+            store_grad(g, cols, bias, prior ? dst + j0 : nullptr, dst + j0);
           }
-        }
       }
     }
   });
@@ -370,7 +396,8 @@ void check_weight(const at::Tensor& w, const at::Tensor& act, const char* what) 
 
 }  // namespace
 
-at::Tensor separable_forward(const at::Tensor& x, const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise) {
+std::vector<at::Tensor> separable_forward(const at::Tensor& x, const c10::optional<at::Tensor>& depthwise,
+                                          const at::Tensor& pointwise, bool need_sums) {
   check_activation(x, "x");
   check_weight(pointwise, x, "the pointwise weight");
   const bool dw = depthwise.has_value();
@@ -379,26 +406,38 @@ at::Tensor separable_forward(const at::Tensor& x, const c10::optional<at::Tensor
   const Sep s{x.size(0), x.size(1), x.size(2), x.size(3), pointwise.size(0), Wv, Wv + 2, dw};
   TORCH_CHECK(pointwise.dim() == 2 && pointwise.size(1) == s.C && (!dw || depthwise->numel() == s.C * 9),
               "fused kernel generator: weights do not match x's channels");
-  at::Tensor r;
+  std::vector<at::Tensor> out;
   const at::Tensor wd = dw ? *depthwise : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_forward",
-                                 [&] { r = separable_forward_impl<scalar_t>(x, wd, pointwise, s); });
-  return r;
+                                 [&] { out = separable_forward_impl<scalar_t>(x, wd, pointwise, s, need_sums); });
+  return out;
 }
 
 std::vector<at::Tensor> separable_backward(const at::Tensor& grad, const at::Tensor& x,
                                            const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise,
-                                           bool need_input) {
+                                           bool need_input, const c10::optional<at::Tensor>& grad_x_prior,
+                                           const c10::optional<at::Tensor>& grad_x_bias) {
   check_activation(x, "x");
   check_activation(grad, "grad");
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "fused kernel generator: grad and x differ in dtype");
+  const at::Tensor prior = grad_x_prior.has_value() ? *grad_x_prior : at::Tensor();
+  const at::Tensor bias = grad_x_bias.has_value() ? *grad_x_bias : at::Tensor();
+  if (prior.defined()) {
+    check_activation(prior, "grad_x_prior");
+    TORCH_CHECK(prior.sizes() == x.sizes() && prior.scalar_type() == x.scalar_type(),
+                "fused kernel generator: grad_x_prior must match x");
+  }
+  if (bias.defined())
+    TORCH_CHECK(bias.is_contiguous() && bias.dim() == 2 && bias.size(0) == x.size(0) && bias.size(1) == x.size(1) &&
+                    bias.scalar_type() == at::toOpMathType(x.scalar_type()),
+                "fused kernel generator: grad_x_bias must be (B, C) in x's opmath dtype");
   const bool dw = depthwise.has_value();
   const int64_t Wv = round_up(x.size(3));
   const Sep s{x.size(0), x.size(1), x.size(2), x.size(3), pointwise.size(0), Wv, Wv + 2, dw};
   std::vector<at::Tensor> out;
   const at::Tensor wd = dw ? *depthwise : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_backward",
-                                 [&] { out = separable_backward_impl<scalar_t>(grad, x, wd, pointwise, s, need_input); });
+                                 [&] { out = separable_backward_impl<scalar_t>(grad, x, wd, pointwise, s, need_input, prior, bias); });
   return out;
 }
 
