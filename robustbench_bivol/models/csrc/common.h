@@ -66,4 +66,58 @@ inline void from_opmath(const acc_t* src, int64_t n, scalar_t* dst) {
   }
 }
 
+// V values of scalar_t as one opmath vector, and back (bf16 rounded as from_opmath): whole-vector
+// forms of to_opmath / from_opmath, for loops where gcc would not vectorise the element loops.
+template <typename scalar_t, typename acc_t>
+inline vec_t<acc_t> vload_opmath(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    typedef uint16_t half_bits __attribute__((vector_size(V * 2)));
+    typedef uint32_t bits __attribute__((vector_size(V * 4)));
+    half_bits h;
+    std::memcpy(&h, p, sizeof(h));
+    const bits w = __builtin_convertvector(h, bits) << 16;
+    vec_t<acc_t> v;
+    std::memcpy(&v, &w, sizeof(v));
+    return v;
+  } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return vload(p);
+  } else {
+    acc_t lanes[V];
+    to_opmath(p, V, lanes);
+    return vload(lanes);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void vstore_from_opmath(scalar_t* p, const vec_t<acc_t>& v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    typedef uint16_t half_bits __attribute__((vector_size(V * 2)));
+    typedef uint32_t bits __attribute__((vector_size(V * 4)));
+    bits u;
+    std::memcpy(&u, &v, sizeof(u));
+    const bits rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const bits out = ((u & 0x7FFFFFFFu) > 0x7F800000u) ? bits{} + 0x7FC0u : rounded;  // NaN stays NaN
+    const half_bits h = __builtin_convertvector(out, half_bits);
+    std::memcpy(p, &h, sizeof(h));
+  } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    vstore(p, v);
+  } else {
+    acc_t lanes[V];
+    vstore(lanes, v);
+    from_opmath(lanes, V, p);
+  }
+}
+
+// The first ``cols`` (<= V) lanes of ``v`` into dst: a whole-vector store when cols == V.
+template <typename acc_t, typename scalar_t>
+inline void store_lanes(const vec_t<acc_t>& v, int64_t cols, scalar_t* dst) {
+  if (cols == V) {
+    vstore_from_opmath<scalar_t, acc_t>(dst, v);
+    return;
+  }
+  acc_t lanes[V];
+  vstore(lanes, v);
+  from_opmath(lanes, cols, dst);
+}
+
 }  // namespace bivol

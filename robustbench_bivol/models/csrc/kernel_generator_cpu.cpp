@@ -153,11 +153,15 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
 // already there (the same cells of another gradient of x), rounded once into ``dst``.
 template <typename scalar_t, typename acc_t>
 inline void store_grad(const vec_t<acc_t>& g, int64_t cols, acc_t bias, const scalar_t* prior, scalar_t* dst) {
-  acc_t lanes[V], before[V] = {};
-  vstore(lanes, g + bias);
-  if (prior != nullptr) to_opmath(prior, cols, before);
-  for (int64_t q = 0; q < V; ++q) lanes[q] += before[q];
-  from_opmath(lanes, cols, dst);
+  vec_t<acc_t> before = {};
+  if (prior != nullptr && cols == V) {
+    before = vload_opmath<scalar_t, acc_t>(prior);
+  } else if (prior != nullptr) {
+    acc_t lanes[V] = {};
+    to_opmath(prior, cols, lanes);
+    before = vload(lanes);
+  }
+  store_lanes<acc_t>(g + bias + before, cols, dst);
 }
 
 template <typename scalar_t>
