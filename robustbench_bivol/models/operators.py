@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import fused_generator, fused_involution
+from . import fused_generator, fused_involution, fused_training
 
 
 def _kaiming_experts(weight: torch.Tensor) -> None:
@@ -315,8 +315,8 @@ class Involution2d(nn.Module):
         launch_bound = x.device.type != "cpu" and not torch.is_grad_enabled()
         threshold = self.chunk_min_bytes_gpu if launch_bound else self.chunk_min_bytes
         step = self.chunk_rows(ho) if kernel_bytes >= threshold else ho
-        if fused_generator.branch_applies(self, x):  # training: one fused autograd node
-            out = fused_generator.generate_and_aggregate(self, x)
+        if fused_training.involution_applies(self, x):  # training on the CPU: one fused autograd node
+            out = fused_training.involution(self, x)
         elif self.bn.training or step >= ho or self.kernel_size % 2 == 0:  # BN batch stats need the whole map
             out = involution_aggregate(x, self.generate_kernels(x), self.kernel_size, self.stride)
         else:
@@ -397,6 +397,8 @@ class Bivolution2d(nn.Module):
             nn.init.zeros_(self.dynamic_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_training.bivolution_applies(self, x):  # training on the CPU: one fused autograd node
+            return fused_training.bivolution(self, x)
         out = self.dynamic(x)
         if self.static is None:
             return out

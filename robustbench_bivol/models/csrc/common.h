@@ -108,6 +108,27 @@ inline void vstore_from_opmath(scalar_t* p, const vec_t<acc_t>& v) {
   }
 }
 
+// ``v`` rounded to scalar_t and back: the values a store of v leaves in memory.
+template <typename scalar_t, typename acc_t>
+inline vec_t<acc_t> as_stored(const vec_t<acc_t>& v) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return v;
+  } else {
+    scalar_t lanes[V];
+    vstore_from_opmath<scalar_t, acc_t>(lanes, v);
+    return vload_opmath<scalar_t, acc_t>(lanes);
+  }
+}
+
+// ``cols`` (<= V) values as an opmath vector, zeros past them: a whole-vector load when cols == V.
+template <typename acc_t, typename scalar_t>
+inline vec_t<acc_t> load_lanes(const scalar_t* src, int64_t cols) {
+  if (cols == V) return vload_opmath<scalar_t, acc_t>(src);
+  acc_t lanes[V] = {};
+  to_opmath(src, cols, lanes);
+  return vload(lanes);
+}
+
 // The first ``cols`` (<= V) lanes of ``v`` into dst: a whole-vector store when cols == V.
 template <typename acc_t, typename scalar_t>
 inline void store_lanes(const vec_t<acc_t>& v, int64_t cols, scalar_t* dst) {

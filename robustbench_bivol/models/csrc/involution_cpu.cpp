@@ -21,10 +21,12 @@
 namespace {
 
 using bivol::V;
+using bivol::as_stored;
 using bivol::ceil_div;
 using bivol::from_opmath;
 using bivol::to_opmath;
 using bivol::round_up;
+using bivol::load_lanes;
 using bivol::store_lanes;
 using bivol::vec_t;
 using bivol::vload;
@@ -125,8 +127,10 @@ void load_window(const scalar_t* plane, int64_t h, int64_t w, int64_t i0, int64_
   }
 }
 
+// ``stats`` (when defined): per task and channel of its group, the sum and the sum of squares of
+// the outputs as stored (bf16: rounded), (B * G * nblocks, gc, 2) float64, summed in task order by the caller.
 template <int S, typename scalar_t>
-void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g) {
+void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g, at::Tensor& stats) {
   with_channel_block(g.gc, [&](auto cb) {
   constexpr int64_t CB = decltype(cb)::value;
   using acc_t = at::opmath_type<scalar_t>;
@@ -137,6 +141,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
   const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;
   const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
   const int64_t band = g.band_rows(rb) * wp;
+  if (stats.defined()) stats = at::empty({g.B * g.G * nblocks, g.gc, 2}, x.options().dtype(at::kDouble));
+  double* sd = stats.defined() ? stats.data_ptr<double>() : nullptr;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> kbuf(g.KK * rb * wv), xbuf(CB * band);
     for (int64_t t = begin; t < end; ++t) {
@@ -149,6 +155,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
         for (int64_t cc = 0; cc < nc; ++cc)
           load_band(xd + b * xsb + (grp * g.gc + c0 + cc) * xsc, xsh, g, st * i0 - g.pt, g.band_rows(n),
                     &xbuf[cc * band]);
+        vec_t<acc_t> sum[CB] = {}, sq[CB] = {};  // columns past Wo hold zeros: their kernels are zero
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j0 = 0; j0 < g.Wo; j0 += V) {
             vec_t<acc_t> acc[CB] = {};
@@ -162,6 +169,22 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
               }
             for (int64_t cc = 0; cc < nc; ++cc)
               store_lanes<acc_t>(acc[cc], std::min(V, g.Wo - j0), od + (b * g.C + grp * g.gc + c0 + cc) * plane + (i0 + r) * g.Wo + j0);
+            if (sd != nullptr)
+              for (int64_t cc = 0; cc < CB; ++cc) {  // statistics of the stored (rounded) outputs
+                const vec_t<acc_t> y = as_stored<scalar_t, acc_t>(acc[cc]);
+                sum[cc] += y;
+                sq[cc] += y * y;
+              }
+          }
+        if (sd != nullptr)
+          for (int64_t cc = 0; cc < nc; ++cc) {
+            double a = 0, q = 0;
+            for (int64_t l = 0; l < V; ++l) {
+              a += sum[cc][l];
+              q += sq[cc][l];
+            }
+            sd[(t * g.gc + c0 + cc) * 2] = a;
+            sd[(t * g.gc + c0 + cc) * 2 + 1] = q;
           }
       }
     }
@@ -221,7 +244,7 @@ void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk
 // (stride 1): a gather over blocks of input rows, so no two tasks write the same element. The
 // kernel and grad_out windows are loaded zero-padded, so every tap reads without bounds checks.
 template <typename scalar_t>
-void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
   with_channel_block(g.gc, [&](auto cb) {
   constexpr int64_t CB = decltype(cb)::value;
   using acc_t = at::opmath_type<scalar_t>;
@@ -252,8 +275,12 @@ void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx
                 for (int64_t cc = 0; cc < CB; ++cc)  // past nc: zeros or stale finite values, never stored
                   acc[cc] += kv * vload(&gbuf[cc * win + off]);
               }
-            for (int64_t cc = 0; cc < nc; ++cc)
-              store_lanes<acc_t>(acc[cc], std::min(V, g.W - x0), gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0);
+            for (int64_t cc = 0; cc < nc; ++cc) {
+              scalar_t* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
+              const int64_t cols = std::min(V, g.W - x0);
+              if (prior) acc[cc] += load_lanes<acc_t>(dst, cols);  // gx already holds another gradient of x
+              store_lanes<acc_t>(acc[cc], cols, dst);
+            }
           }
       }
     }
@@ -309,10 +336,40 @@ void grad_input_scatter(const at::Tensor& go, const at::Tensor& k, at::Tensor& g
   });
 }
 
+// With ``prior``, gx already holds another gradient of x, which the result is added to.
 template <int S, typename scalar_t>
-void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
-  if constexpr (S == 1) grad_input_gather<scalar_t>(go, k, gx, g);
-  else grad_input_scatter<S, scalar_t>(go, k, gx, g);
+void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
+  if constexpr (S == 1) {
+    grad_input_gather<scalar_t>(go, k, gx, g, prior);
+  } else if (prior) {
+    at::Tensor own = at::empty_like(gx);
+    grad_input_scatter<S, scalar_t>(go, k, own, g);
+    gx.add_(own);
+  } else {
+    grad_input_scatter<S, scalar_t>(go, k, gx, g);
+  }
+}
+
+// out[b, c] += scale[c] * y[b, c] + shift[c] over each (H, W) plane, in place.
+template <typename scalar_t>
+void scale_add_impl(at::Tensor& out, const at::Tensor& y, const at::Tensor& scale, const at::Tensor& shift) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = out.size(0), C = out.size(1), plane = out.size(2) * out.size(3);
+  scalar_t* od = out.data_ptr<scalar_t>();
+  const scalar_t* yd = y.data_ptr<scalar_t>();
+  const acc_t* a = scale.data_ptr<acc_t>();
+  const acc_t* sh = shift.data_ptr<acc_t>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const acc_t ac = a[bc % C], bias = sh[bc % C];
+      scalar_t* o = od + bc * plane;
+      const scalar_t* src = yd + bc * plane;
+      for (int64_t p = 0; p < plane; p += V) {
+        const int64_t cols = std::min(V, plane - p);
+        store_lanes<acc_t>(load_lanes<acc_t>(o + p, cols) + ac * load_lanes<acc_t>(src + p, cols) + bias, cols, o + p);
+      }
+    }
+  });
 }
 
 void check(const at::Tensor& x, const at::Tensor& k, int64_t K) {
@@ -335,27 +392,43 @@ void check(const at::Tensor& x, const at::Tensor& k, int64_t K) {
 
 }  // namespace
 
-at::Tensor involution_forward(const at::Tensor& x, const at::Tensor& kernels, int64_t K, int64_t stride,
-                              int64_t dilation, int64_t pad_top, int64_t pad_left) {
+std::vector<at::Tensor> involution_forward_stats(const at::Tensor& x, const at::Tensor& kernels, int64_t K,
+                                                 int64_t stride, int64_t dilation, int64_t pad_top, int64_t pad_left,
+                                                 bool need_stats) {
   check(x, kernels, K);
   const Geometry g = geometry(x, kernels, K, stride, dilation, pad_top, pad_left);
   at::Tensor out = at::empty({g.B, g.C, g.Ho, g.Wo}, x.options());
-  BIVOL_DISPATCH(forward_impl, x, kernels, out, g);
-  return out;
+  at::Tensor part = need_stats ? at::empty({0}, x.options().dtype(at::kDouble)) : at::Tensor();
+  BIVOL_DISPATCH(forward_impl, x, kernels, out, g, part);
+  if (!need_stats) return {out, at::Tensor()};
+  // (B, G, nblocks, gc, 2) partials -> per channel (C, 2), summed in a fixed order
+  const at::Tensor stats = part.view({g.B, g.G, -1, g.gc, 2}).sum({0, 2}).reshape({g.C, 2});
+  return {out, stats};
 }
 
-std::vector<at::Tensor> involution_backward(const at::Tensor& grad_out, const at::Tensor& x,
+at::Tensor involution_forward(const at::Tensor& x, const at::Tensor& kernels, int64_t K, int64_t stride,
+                              int64_t dilation, int64_t pad_top, int64_t pad_left) {
+  return involution_forward_stats(x, kernels, K, stride, dilation, pad_top, pad_left, false)[0];
+}
+
+std::vector<at::Tensor> involution_backward_prior(const at::Tensor& grad_out, const at::Tensor& x,
                                             const at::Tensor& kernels, int64_t K, int64_t stride,
                                             int64_t dilation, int64_t pad_top, int64_t pad_left,
-                                            bool need_input, bool need_kernels) {
+                                            bool need_input, bool need_kernels,
+                                            const c10::optional<at::Tensor>& grad_input_prior) {
   check(x, kernels, K);
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type(),
               "fused involution: grad_out must be contiguous, same dtype");
   const Geometry g = geometry(x, kernels, K, stride, dilation, pad_top, pad_left);
   at::Tensor gx, gk;
   if (need_input) {
-    gx = at::empty({g.B, g.C, g.H, g.W}, x.options());
-    BIVOL_DISPATCH(grad_input_impl, grad_out, kernels, gx, g);
+    const bool prior = grad_input_prior.has_value();
+    if (prior)
+      TORCH_CHECK(grad_input_prior->is_contiguous() && grad_input_prior->sizes() == x.sizes() &&
+                      grad_input_prior->scalar_type() == x.scalar_type(),
+                  "fused involution: grad_input_prior must be contiguous and match x");
+    gx = prior ? *grad_input_prior : at::empty({g.B, g.C, g.H, g.W}, x.options());
+    BIVOL_DISPATCH(grad_input_impl, grad_out, kernels, gx, g, prior);
   }
   if (need_kernels) {
     gk = at::empty_like(kernels);
@@ -364,9 +437,35 @@ std::vector<at::Tensor> involution_backward(const at::Tensor& grad_out, const at
   return {gx, gk};
 }
 
+std::vector<at::Tensor> involution_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                            const at::Tensor& kernels, int64_t K, int64_t stride,
+                                            int64_t dilation, int64_t pad_top, int64_t pad_left,
+                                            bool need_input, bool need_kernels) {
+  return involution_backward_prior(grad_out, x, kernels, K, stride, dilation, pad_top, pad_left, need_input,
+                                   need_kernels, c10::nullopt);
+}
+
+at::Tensor scale_add_(at::Tensor& out, const at::Tensor& y, const at::Tensor& scale, const at::Tensor& shift) {
+  TORCH_CHECK(out.dim() == 4 && out.is_contiguous() && y.is_contiguous() && y.sizes() == out.sizes() &&
+                  y.scalar_type() == out.scalar_type(),
+              "scale_add_: out and y must be contiguous (B, C, H, W) tensors of one shape and dtype");
+  const auto opmath = at::toOpMathType(out.scalar_type());
+  TORCH_CHECK(scale.is_contiguous() && shift.is_contiguous() && scale.numel() == out.size(1) &&
+                  shift.numel() == out.size(1) && scale.scalar_type() == opmath && shift.scalar_type() == opmath,
+              "scale_add_: scale and shift must be (C) in the opmath dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "scale_add_",
+                                 [&] { scale_add_impl<scalar_t>(out, y, scale, shift); });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
+  m.def("forward_stats", &involution_forward_stats,
+        "forward, and with need_stats the outputs' sum and sum of squares per channel, (C, 2) float64 (CPU)");
+  m.def("scale_add_", &scale_add_, "out += scale[c] * y + shift[c] (CPU)");
   m.def("backward", &involution_backward, "gradients of the fused involution aggregation (CPU)");
+  m.def("backward_prior", &involution_backward_prior,
+        "backward, adding grad_x to grad_input_prior in place where given (CPU)");
   m.def("separable_forward", &bivol::separable_forward, "kernel generator: depth-wise 3x3 + 1x1 (CPU)");
   m.def("separable_backward", &bivol::separable_backward, "gradients of separable_forward (CPU)");
   m.def("relu_pointwise_forward", &bivol::relu_pointwise_forward, "kernel generator: ReLU + 1x1 (CPU)");

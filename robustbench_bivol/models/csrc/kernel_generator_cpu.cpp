@@ -153,15 +153,7 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
 // already there (the same cells of another gradient of x), rounded once into ``dst``.
 template <typename scalar_t, typename acc_t>
 inline void store_grad(const vec_t<acc_t>& g, int64_t cols, acc_t bias, const scalar_t* prior, scalar_t* dst) {
-  vec_t<acc_t> before = {};
-  if (prior != nullptr && cols == V) {
-    before = vload_opmath<scalar_t, acc_t>(prior);
-  } else if (prior != nullptr) {
-    acc_t lanes[V] = {};
-    to_opmath(prior, cols, lanes);
-    before = vload(lanes);
-  }
-  store_lanes<acc_t>(g + bias + before, cols, dst);
+  store_lanes<acc_t>(prior != nullptr ? g + bias + load_lanes<acc_t>(prior, cols) : g + bias, cols, dst);
 }
 
 template <typename scalar_t>

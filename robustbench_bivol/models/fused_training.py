@@ -1,0 +1,200 @@
+"""Training-mode fused autograd nodes on the CPU: an involution's kernel generation and aggregation,
+and a whole Bi-volution (static conv, dynamic branch, the dynamic branch's BN and the sum).
+
+Why: as separate autograd nodes, a stride-1 involution's input gradient arrives in three pieces
+(the aggregation's, the generator's and, with SAKG's channel term, the global average pool's),
+and a Bi-volution adds the static conv's as a fourth; autograd adds them with one
+activation-sized pass each, and the pool reads x once more. In one node they are written once:
+the separable pass also sums x's planes, and each backward pass adds its gradient to the one
+before it while it writes (the static conv's, then the aggregation's, then the generator's with
+the pool's). A Bi-volution's forward also saves the dynamic BN's statistics pass, its normalise
+pass and the sum's pass: the aggregation sums its outputs and their squares per channel, and one
+pass adds the normalised result to the static conv's output.
+
+What stays torch's: the convolutions of the static branch (oneDNN, forward and
+``convolution_backward``), the BN backward (``native_batch_norm_backward``), and the generator's
+middle (channel term, BN on batch statistics), which backward recomputes from the saved reduced
+features (a quarter of an activation; under the forward's autocast) and differentiates with
+autograd. Backward can run more than once (``retain_graph``). Results equal the separate nodes'
+up to float rounding (tests/test_fused_generator.py, tests/test_fused_training.py).
+
+These nodes serve where :func:`involution_applies` / :func:`bivolution_applies` say: training-mode
+BN under grad, stride 1, odd K, every parameter trainable, for Bi-volution no channel change, and the fused
+generator passes applying and paying at the shape (:mod:`.fused_generator`, ``BIVOL_FUSED``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import fused_generator, fused_involution
+
+
+def _generator_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """An ``Involution2d``'s kernel-generator parameters, in the order the nodes take them."""
+    convs = [module.spatial, module.reduce]
+    linear = [] if module.channel is None else [module.channel.weight, module.channel.bias]
+    return ([m.weight for m in convs if m is not None] + linear
+            + [module.bn.weight, module.bn.bias, module.span.weight, module.span.bias])
+
+
+def _channel_term(module: nn.Module, r: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """SAKG's channel information added to the reduced features (``r`` itself without it)."""
+    return r if mean is None else r + module.channel(mean)[:, :, None, None]
+
+
+def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
+    pad = (module.kernel_size - 1) // 2
+    return module.kernel_size, 1, 1, pad, pad
+
+
+def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The kernels of an ``Involution2d`` for a contiguous x, and what backward needs besides x."""
+    ext = fused_involution.extension()
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    b, c, h, w = x.shape
+    wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
+    wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
+    ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
+    r, sums = ext.separable_forward(x, wd, wr, module.channel is not None)
+    mean = None if sums is None else sums / (h * w)
+    n = module.bn(_channel_term(module, r, mean)).to(x.dtype).contiguous()  # updates the running statistics
+    kernels = ext.relu_pointwise_forward(n, ws, module.span.bias.detach().to(opmath))
+    return kernels.view(b, module.groups, module.kernel_size ** 2, h, w), [wd, wr, ws, r, mean, n]
+
+
+def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Tensor | None], grad_kernels: torch.Tensor,
+                       grad_x: torch.Tensor | None, autocast: tuple[bool, torch.dtype]) -> tuple[torch.Tensor | None, list]:
+    """Backward of :func:`_generate`: x's gradient added to ``grad_x`` (None: x needs none) and
+    the generator's parameter gradients in :func:`_generator_parameters` order."""
+    ext = fused_involution.extension()
+    wd, wr, ws, r, mean, n = saved
+    gn, gws, gbs = ext.relu_pointwise_backward(grad_kernels.view(n.shape[0], -1, *n.shape[2:]), n, ws, True)
+    leaves = [r.detach().requires_grad_()] + ([] if mean is None else [mean.detach().requires_grad_()])
+    middle = ([] if mean is None else [module.channel.weight, module.channel.bias]) + [module.bn.weight, module.bn.bias]
+    with torch.enable_grad(), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
+        bn = module.bn
+        recomputed = F.batch_norm(_channel_term(module, leaves[0], None if mean is None else leaves[1]), None, None,
+                                  bn.weight, bn.bias, True, 0.0, bn.eps)  # batch statistics, as in forward
+    grads = torch.autograd.grad(recomputed, leaves + middle, gn.to(recomputed.dtype))
+    pool = None if mean is None else (grads[1] / (x.shape[2] * x.shape[3])).to(wr.dtype).contiguous()
+    gx, gwd, gwr = ext.separable_backward(grads[0].to(x.dtype).contiguous(), x, wd, wr, grad_x is not None,
+                                          grad_x, pool)
+    return gx, ([] if wd is None else [gwd]) + [gwr] + list(grads[len(leaves):]) + [gws, gbs]
+
+
+def _shaped(grads: list[torch.Tensor], params: tuple[nn.Parameter, ...], needed: tuple[bool, ...]) -> list:
+    return [g.reshape(p.shape) if need else None for g, p, need in zip(grads, params, needed, strict=True)]
+
+
+def _autocast_state() -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+
+class _Involution(torch.autograd.Function):
+    """``involution_aggregate(x, module.generate_kernels(x), K)`` of a stride-1 ``Involution2d``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
+        x = x.contiguous()
+        kernels, saved = _generate(module, x)
+        ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
+        ctx.save_for_backward(x, kernels, *saved)
+        return fused_involution.extension().forward(x, kernels, *_geometry(module))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, kernels, *saved = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        gx, gk = fused_involution.extension().backward(grad.to(x.dtype).contiguous(), x, kernels,
+                                                       *_geometry(ctx.module), need_x, True)
+        gx, grads = _generate_backward(ctx.module, x, saved, gk, gx, ctx.autocast)
+        return gx, None, *_shaped(grads, ctx.params, ctx.needs_input_grad[2:])
+
+
+def _bn_statistics(bn: nn.BatchNorm2d, sums: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and 1/std of a BN's input from its per-channel (sum, sum of squares), float64;
+    updates the running statistics as ``nn.BatchNorm2d`` does in training (unbiased variance)."""
+    mean = sums[:, 0] / count
+    var = (sums[:, 1] / count - mean * mean).clamp_min(0)
+    if bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
+    return mean, torch.rsqrt(var + bn.eps)
+
+
+class _Bivolution(torch.autograd.Function):
+    """A stride-1 ``Bivolution2d`` in training: ``static(x) + dynamic_bn(involution(x))``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
+        ext = fused_involution.extension()
+        x = x.contiguous()
+        static = module.static(x).contiguous()  # autocast casts the weight as it would outside
+        kernels, saved = _generate(module.dynamic, x)
+        aggregated, sums = ext.forward_stats(x, kernels, *_geometry(module.dynamic), True)
+        bn = module.dynamic_bn
+        mean, invstd = _bn_statistics(bn, sums, x.shape[0] * x.shape[2] * x.shape[3])
+        opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+        scale = bn.weight.detach().double() * invstd
+        ext.scale_add_(static, aggregated, scale.to(opmath), (bn.bias.detach().double() - mean * scale).to(opmath))
+        ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
+        weight = module.static.weight.detach().to(static.dtype)
+        ctx.save_for_backward(x, weight, kernels, aggregated, mean.to(opmath), invstd.to(opmath), *saved)
+        return static
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, kernels, aggregated, mean, invstd, *saved = ctx.saved_tensors
+        module, need_x = ctx.module, ctx.needs_input_grad[0]
+        grad = grad.to(x.dtype).contiguous()
+        conv = module.static
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+            [need_x, True, False])
+        bn = module.dynamic_bn
+        g_agg, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+            grad, aggregated, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+        gx, gk = fused_involution.extension().backward_prior(
+            g_agg.contiguous(), x, kernels, *_geometry(module.dynamic), need_x, True,
+            gx.contiguous() if need_x else None)
+        gx, grads = _generate_backward(module.dynamic, x, saved, gk, gx if need_x else None, ctx.autocast)
+        return gx, None, *_shaped([gw, *grads, g_gamma, g_beta], ctx.params, ctx.needs_input_grad[2:])
+
+
+def _bivolution_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [module.static.weight, *_generator_parameters(module.dynamic), module.dynamic_bn.weight,
+            module.dynamic_bn.bias]
+
+
+def involution_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`involution` serves this call of an ``Involution2d``."""
+    return (module.bn.training and torch.is_grad_enabled() and module.stride == 1 and module.kernel_size % 2 == 1
+            and all(p.requires_grad for p in _generator_parameters(module))
+            and x.dtype == fused_generator.compute_dtype(x)  # under autocast a float32 x aggregates in float32
+            and fused_generator.separable_pays(x) and fused_generator.pointwise_pays(
+                x, module.reduce.out_channels, module.span.out_channels))
+
+
+def involution(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``involution_aggregate(x, module.generate_kernels(x), K)`` as one fused autograd node (before
+    ``module.proj``, which the caller applies)."""
+    return _Involution.apply(x, module, *_generator_parameters(module))
+
+
+def bivolution_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`bivolution` serves this call of a ``Bivolution2d``."""
+    bn = module.dynamic_bn
+    return (module.static is not None and bn is not None and bn.training and bn.affine
+            and module.static.bias is None and module.dynamic.proj is None and involution_applies(module.dynamic, x)
+            and all(p.requires_grad for p in _bivolution_parameters(module)))
+
+
+def bivolution(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` of a ``Bivolution2d`` as one fused autograd node."""
+    return _Bivolution.apply(x, module, *_bivolution_parameters(module))
