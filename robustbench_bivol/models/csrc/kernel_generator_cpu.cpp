@@ -70,7 +70,7 @@ at::Tensor fold_vectors(const std::vector<acc_t>& sums, int64_t n, const at::Ten
   return out;
 }
 
-int64_t block_rows(int64_t H, int64_t W) { return std::max<int64_t>(1, std::min<int64_t>(H, 256 / std::max<int64_t>(W, 1))); }
+int64_t block_rows(int64_t H, int64_t W) { return std::max<int64_t>(1, std::min<int64_t>(H, 512 / std::max<int64_t>(W, 1))); }
 
 struct Sep {
   int64_t B, C, H, W, R, Wv, Wp;  // Wp = Wv + 2: one zero column each side for the 3x3 taps
