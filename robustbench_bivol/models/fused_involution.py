@@ -1,7 +1,8 @@
 """Fused involution aggregation: one C++ pass on the CPU, Triton kernels on CUDA; forward and backward.
 
 This module also builds and dispatches the C++ extension for :mod:`.fused_generator` (the
-kernel generator's fused CPU passes), which lives in the same extension.
+kernel generator's fused CPU passes) and :mod:`.fused_training` (the training-mode nodes), which
+live in the same extension.
 
 Why: the pure-torch aggregation (:func:`operators._aggregate_torch`) makes K*K memory-bound passes
 over the output (``addcmul_``); the fused kernel (``csrc/involution_cpu.cpp``; on CUDA

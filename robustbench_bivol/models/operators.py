@@ -8,7 +8,8 @@ the CPU and Triton on CUDA, :mod:`.fused_involution`; a fixed, small loop elsewh
 materialising the K*K-times larger unfolded input; its kernel generator runs as two fused C++
 passes on the CPU where that was measured to beat oneDNN (:mod:`.fused_generator`); in eval mode
 it also generates and aggregates its per-position kernels a few output rows at a time (see
-:class:`Involution2d`).
+:class:`Involution2d`). In training on the CPU, a stride-1 involution or Bi-volution runs as one
+fused autograd node (:mod:`.fused_training`), which writes its input's gradient once.
 """
 from __future__ import annotations
 
