@@ -102,6 +102,20 @@ def test_nodes_only_where_they_serve():
     assert not fused_training.bivolution_applies(Bivolution2d(8, 16, kernel_size=3, group_channels=4).train(), x)
 
 
+def test_global_batchnorm_keeps_the_separate_nodes():
+    """Data-parallel training swaps in GlobalBatchNorm2d (statistics over every rank): the nodes,
+    which take this process's batch statistics, must not serve it."""
+    from robustbench_bivol.sync_batchnorm import GlobalBatchNorm2d
+
+    x = torch.randn(2, 8, 6, 6)
+    bivolution = _bivolution(8, True)
+    bivolution.dynamic_bn = GlobalBatchNorm2d(8)
+    assert not fused_training.bivolution_applies(bivolution, x)
+    assert fused_training.involution_applies(bivolution.dynamic, x)
+    bivolution.dynamic.bn = GlobalBatchNorm2d(bivolution.dynamic.bn.num_features)
+    assert not fused_training.involution_applies(bivolution.dynamic, x)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["involution", "bivolution"])
 def test_bf16_as_accurate_as_the_separate_nodes(kind, seed, monkeypatch):

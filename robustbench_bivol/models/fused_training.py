@@ -172,9 +172,17 @@ def _bivolution_parameters(module: nn.Module) -> list[nn.Parameter]:
             module.dynamic_bn.bias]
 
 
+def _plain_batchnorm(bn: nn.Module) -> bool:
+    """The nodes compute and differentiate batch statistics of this process's batch: a subclass
+    such as :class:`..sync_batchnorm.GlobalBatchNorm2d` (statistics over every rank) keeps the
+    separate nodes, which call its own forward."""
+    return type(bn) is nn.BatchNorm2d
+
+
 def involution_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`involution` serves this call of an ``Involution2d``."""
-    return (module.bn.training and torch.is_grad_enabled() and module.stride == 1 and module.kernel_size % 2 == 1
+    return (_plain_batchnorm(module.bn) and module.bn.training and torch.is_grad_enabled() and module.stride == 1
+            and module.kernel_size % 2 == 1
             and all(p.requires_grad for p in _generator_parameters(module))
             and x.dtype == fused_generator.compute_dtype(x)  # under autocast a float32 x aggregates in float32
             and fused_generator.separable_pays(x) and fused_generator.pointwise_pays(
@@ -190,7 +198,7 @@ def involution(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def bivolution_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`bivolution` serves this call of a ``Bivolution2d``."""
     bn = module.dynamic_bn
-    return (module.static is not None and bn is not None and bn.training and bn.affine
+    return (module.static is not None and bn is not None and _plain_batchnorm(bn) and bn.training and bn.affine
             and module.static.bias is None and module.dynamic.proj is None and involution_applies(module.dynamic, x)
             and all(p.requires_grad for p in _bivolution_parameters(module)))
 
