@@ -23,8 +23,8 @@ def _involution(c: int, sakg: bool, stride: int = 1) -> Involution2d:
     return module.train()
 
 
-def _bivolution(c: int, sakg: bool) -> Bivolution2d:
-    module = Bivolution2d(c, kernel_size=3, group_channels=4, sakg=sakg)
+def _bivolution(c: int, sakg: bool, **options) -> Bivolution2d:
+    module = Bivolution2d(c, **{"kernel_size": 3, "group_channels": 4, "sakg": sakg, **options})
     nn.init.normal_(module.dynamic.span.weight, std=0.3)
     nn.init.normal_(module.dynamic.bn.bias, std=0.5)
     nn.init.normal_(module.dynamic_bn.weight, std=1.0)  # the gate opened (it starts at zero)
@@ -54,11 +54,15 @@ def _fused_and_reference(module: nn.Module, x: torch.Tensor, monkeypatch, applie
 
 @pytest.mark.parametrize("sakg", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kind", ["involution", "bivolution"])
+@pytest.mark.parametrize("kind", ["involution", "bivolution", "bivolution_resnet50"])
 def test_node_equals_the_torch_modules(kind, sakg, channels_last, monkeypatch):
-    """float64, odd sizes: output, the input's and every parameter's gradient, running statistics."""
-    build, applies = ((_involution, fused_training.involution_applies) if kind == "involution"
-                      else (_bivolution, fused_training.bivolution_applies))
+    """float64, odd sizes: output, the input's and every parameter's gradient, running statistics
+    (bivolution_resnet50: bivol_resnet50's setting, K = 7 and a depth-wise static branch)."""
+    build, applies = {
+        "involution": (_involution, fused_training.involution_applies),
+        "bivolution": (_bivolution, fused_training.bivolution_applies),
+        "bivolution_resnet50": (lambda c, sakg: _bivolution(c, sakg, kernel_size=7, static_groups="depthwise"),
+                                fused_training.bivolution_applies)}[kind]
     module = build(8, sakg).double()
     x = torch.randn(3, 8, 7, 10, dtype=torch.float64)
     if channels_last:
