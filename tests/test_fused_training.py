@@ -122,13 +122,18 @@ def test_global_batchnorm_keeps_the_separate_nodes():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["involution", "bivolution"])
-def test_bf16_as_accurate_as_the_separate_nodes(kind, seed, monkeypatch):
-    """A bf16 autocast training step: output and gradients as close to a float64 run as the separate
-    nodes with the same fused passes (relative Frobenius error; the node only saves passes). The
-    passes' accuracy against the torch modules: tests/test_fused_generator.py."""
+@pytest.mark.parametrize("amp", [True, False])
+def test_bf16_as_accurate_as_the_separate_nodes(amp, kind, seed, monkeypatch):
+    """A bf16 training step (autocast, or a bf16 model): output and gradients within 2x the separate
+    nodes' error against a float64 run (relative Frobenius error; the node computes the dynamic BN's
+    statistics in float64 where the separate nodes round them to bf16 in a bf16 model, so single
+    entries move either way at the 0.3% level). The passes' accuracy against the torch modules:
+    tests/test_fused_generator.py."""
     build = _involution if kind == "involution" else _bivolution
     torch.manual_seed(seed)
     module = build(16, True)
+    if not amp:
+        module = module.bfloat16()
     x = torch.randn(4, 16, 16, 16).bfloat16().requires_grad_()
     state = {k: v.clone() for k, v in module.state_dict().items()}
     reference_module = build(16, True).double()
@@ -138,7 +143,7 @@ def test_bf16_as_accurate_as_the_separate_nodes(kind, seed, monkeypatch):
 
     def errors() -> list[float]:
         module.load_state_dict(state)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out = _forward_and_grads(module, x)
         return [((o.double() - r).norm() / r.norm()).item()
                 for o, r in zip(out[:-buffers], reference[:-buffers], strict=True)
@@ -149,7 +154,7 @@ def test_bf16_as_accurate_as_the_separate_nodes(kind, seed, monkeypatch):
     monkeypatch.setattr(fused_training, "bivolution_applies", lambda *args: False)
     separate = errors()
     for got, want in zip(node, separate, strict=True):
-        assert got <= 1.2 * want + 1e-3, (node, separate)
+        assert got <= max(2 * want, 1e-3), (node, separate)
 
 
 def test_bivolution_trains_the_same_with_both_paths(monkeypatch):

@@ -58,7 +58,7 @@ def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[to
     wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
     ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
     r, sums = ext.separable_forward(x, wd, wr, module.channel is not None)
-    mean = None if sums is None else sums / (h * w)
+    mean = None if sums is None else (sums / (h * w)).to(x.dtype)  # as x.mean((2, 3)) would give
     n = module.bn(_channel_term(module, r, mean)).to(x.dtype).contiguous()  # updates the running statistics
     kernels = ext.relu_pointwise_forward(n, ws, module.span.bias.detach().to(opmath))
     return kernels.view(b, module.groups, module.kernel_size ** 2, h, w), [wd, wr, ws, r, mean, n]
@@ -144,7 +144,8 @@ class _Bivolution(torch.autograd.Function):
         ext.scale_add_(static, aggregated, scale.to(opmath), (bn.bias.detach().double() - mean * scale).to(opmath))
         ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
         weight = module.static.weight.detach().to(static.dtype)
-        ctx.save_for_backward(x, weight, kernels, aggregated, mean.to(opmath), invstd.to(opmath), *saved)
+        stats = bn.weight.dtype if bn.weight.dtype == x.dtype else opmath  # as native_batch_norm saves them
+        ctx.save_for_backward(x, weight, kernels, aggregated, mean.to(stats), invstd.to(stats), *saved)
         return static
 
     @staticmethod
