@@ -71,7 +71,8 @@ def pointwise_pays(n: torch.Tensor, in_channels: int, out_channels: int) -> bool
             and applies(n))
 
 
-def _opmath(dtype: torch.dtype) -> torch.dtype:
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the C++ passes accumulate ``dtype`` in, and take their weights in."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -115,7 +116,7 @@ def separable(x: torch.Tensor, depthwise: nn.Conv2d | None, pointwise: nn.Conv2d
     if not separable_pays(x):
         return pointwise(x if depthwise is None else depthwise(x))
     dtype = compute_dtype(x)
-    opmath = _opmath(dtype)
+    opmath = opmath_dtype(dtype)
     wd = None if depthwise is None else depthwise.weight.to(opmath).reshape(x.shape[1], 9)
     wp = pointwise.weight.to(opmath).reshape(pointwise.out_channels, x.shape[1])
     return _Separable.apply(x.to(dtype).contiguous(), wd, wp)
@@ -128,7 +129,6 @@ def relu_pointwise(n: torch.Tensor, relu: nn.Module, pointwise: nn.Conv2d) -> to
     if not pointwise_pays(n, n.shape[1], pointwise.out_channels):
         return pointwise(relu(n))
     dtype = compute_dtype(n)
-    opmath = _opmath(dtype)
+    opmath = opmath_dtype(dtype)
     weight = pointwise.weight.to(opmath).reshape(pointwise.out_channels, n.shape[1])
     return _ReluPointwise.apply(n.to(dtype).contiguous(), weight, pointwise.bias.to(opmath))
-

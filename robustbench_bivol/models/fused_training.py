@@ -52,7 +52,7 @@ def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
 def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """The kernels of an ``Involution2d`` for a contiguous x, and what backward needs besides x."""
     ext = fused_involution.extension()
-    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    opmath = fused_generator.opmath_dtype(x.dtype)
     b, c, h, w = x.shape
     wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
     wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
@@ -139,7 +139,7 @@ class _Bivolution(torch.autograd.Function):
         aggregated, sums = ext.forward_stats(x, kernels, *_geometry(module.dynamic), True)
         bn = module.dynamic_bn
         mean, invstd = _bn_statistics(bn, sums, x.shape[0] * x.shape[2] * x.shape[3])
-        opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+        opmath = fused_generator.opmath_dtype(x.dtype)
         scale = bn.weight.detach().double() * invstd
         ext.scale_add_(static, aggregated, scale.to(opmath), (bn.bias.detach().double() - mean * scale).to(opmath))
         ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
