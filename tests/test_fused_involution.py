@@ -93,6 +93,41 @@ def test_bfloat16_within_tolerance(k, stride, gc):
         torch.testing.assert_close(got.double() / s, want / s, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("c,g,h,w,k,pad_top,pad_left,ho,wo", [
+    (16, 1, 32, 32, 3, 1, 1, 32, 32),  # bivol_resnet20's first stage (AVX512-BF16: 16-lane vectors)
+    (32, 2, 16, 16, 3, 1, 1, 16, 16),  # its second (8-lane vectors)
+    (8, 2, 7, 9, 3, 1, 1, 7, 9),       # partial vectors
+    (12, 3, 5, 17, 7, 3, 3, 5, 17),    # K = 7
+    (6, 3, 10, 33, 5, 2, 2, 10, 33),   # odd channels per group (grad_kernels pairs channels)
+    (4, 1, 8, 8, 2, 0, 0, 7, 7),       # even K
+    (3, 3, 9, 9, 3, 1, 1, 9, 9),       # one channel per group
+    (10, 2, 12, 40, 3, 0, 1, 10, 40),  # a row band of a larger input: asymmetric padding
+])
+def test_bfloat16_rounds_the_float64_result_of_the_same_values(c, g, h, w, k, pad_top, pad_left, ho, wo):
+    """Stride 1, bf16: the float64 result of the same bf16 values, rounded once (2**-8 relative),
+    for outputs, both gradients and gradients added to a prior one: the AVX512-BF16 kernels where
+    the CPU has them, the float path elsewhere."""
+    ext = fused_involution.extension()
+    gen = torch.Generator().manual_seed(0)
+    x, kernels = torch.randn(2, c, h, w, generator=gen), torch.randn(2, g, k * k, ho, wo, generator=gen)
+    grad_out, prior = torch.randn(2, c, ho, wo, generator=gen), torch.randn(2, c, h, w, generator=gen)
+    x, kernels, grad_out, prior = (t.bfloat16() for t in (x, kernels, grad_out, prior))
+    geometry = (k, 1, 1, pad_top, pad_left)
+    out, stats = ext.forward_stats(x, kernels, *geometry, True)
+    gx, gk = ext.backward(grad_out, x, kernels, *geometry, True, True)
+    gx_prior, _ = ext.backward_prior(grad_out, x, kernels, *geometry, True, False, prior.clone())
+    ref = ext.forward(x.double(), kernels.double(), *geometry)
+    rx, rk = ext.backward(grad_out.double(), x.double(), kernels.double(), *geometry, True, True)
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> None:
+        torch.testing.assert_close(got.double(), want, rtol=2 ** -8, atol=1e-5 * want.abs().max().item())
+
+    for got, want in [(out, ref), (gx, rx), (gk, rk), (gx_prior, rx + prior.double())]:
+        close(got, want)
+    stored = out.double()
+    close(stats, torch.stack([stored.sum((0, 2, 3)), (stored * stored).sum((0, 2, 3))], 1))
+
+
 def test_autocast_mix_of_float32_and_bfloat16_promotes_like_the_torch_path():
     x, kernels = _inputs(2, 16, 8, 8, 4, 3, 1, dtype=torch.float32)
     kb = kernels.detach().bfloat16()

@@ -7,7 +7,8 @@
 // (a row band of a larger input) needs no copy. Each task owns (example, group, block of output
 // rows): it converts the input rows it reads into a zero-padded opmath buffer once per channel
 // and accumulates all K*K taps into one output row buffer, written once. grad_input is a gather
-// over blocks of *input* rows, so no two tasks write the same element (no atomics).
+// over blocks of *input* rows, so no two tasks write the same element (no atomics). bf16 at stride
+// 1 and dilation 1 runs on AVX512-BF16 dot products where the CPU has them (namespace dot).
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,6 +18,11 @@
 
 #include "common.h"
 #include "kernel_generator_cpu.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define BIVOL_DOT 1  // the bf16 kernels of namespace dot below
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -128,10 +134,405 @@ void load_window(const scalar_t* plane, int64_t h, int64_t w, int64_t i0, int64_
   }
 }
 
+#ifdef BIVOL_DOT
+// bf16 on CPUs with AVX512-BF16 (compiled in when -march=native has it). vdpbf16ps multiplies the
+// bf16 pairs of two vectors and adds each pair's two products to one float lane. A plain load of
+// a bf16 row at column j holds the pairs (j, j+1), (j+2, j+3), ...: two neighbouring taps of a
+// kernel row for the even output columns j, j+2, ...; the load at j+1 holds them for the odd
+// columns. So the aggregation keeps one accumulator of even and one of odd columns, pairs the
+// kernels the same way once per task (shared by every channel), and reads x as it is, where the
+// float path converts x to float and spends one FMA and one load per tap and 8 columns. An odd K's
+// last pair is taps (K - 2, K - 1) with a zero kernel for K - 2: its extra product reads a value
+// the real taps read too, so a non-finite x stays visible. Products of two bf16 are exact in float
+// and added with float rounding, as in the float path; only the order of the additions differs
+// (and denormals flush to zero). Dilation 1, stride 1; other geometries take the float path.
+namespace dot {
+
+// L float lanes (an even-column and an odd-column vector cover 2L output columns).
+template <int L>
+struct Lanes;
+
+template <>
+struct Lanes<16> {
+  using f = __m512;
+  using i = __m512i;
+  static f zero() { return _mm512_setzero_ps(); }
+  static i load(const void* p) { return _mm512_loadu_si512(p); }
+  static void store_words(uint32_t* p, i v) { _mm512_storeu_si512(p, v); }
+  static f add(f a, f b) { return _mm512_add_ps(a, b); }
+  static __mmask32 cols_mask(int64_t lo, int64_t hi) {  // lanes [lo, hi) of 2L, clamped
+    lo = std::clamp<int64_t>(lo, 0, 32), hi = std::clamp<int64_t>(hi, lo, 32);
+    return __mmask32(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
+  }
+  // 2L bf16 from p, lanes outside [lo, hi) zero (and not read)
+  static i load_range(const uint16_t* p, int64_t lo, int64_t hi) { return _mm512_maskz_loadu_epi16(cols_mask(lo, hi), p); }
+  // the first ``cols`` of 2L bf16 in column order, as even and odd column floats
+  static void load_even_odd(const c10::BFloat16* p, int64_t cols, f& even, f& odd) {
+    const i w = _mm512_maskz_loadu_epi16(cols_mask(0, cols), p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32(0xFFFF), w));
+  }
+  static i zeros() { return _mm512_setzero_si512(); }
+  // L columns of two rows as words (lo[l], hi[l]) in column order; lanes outside [lo0, lo1) of lo
+  // and [hi0, hi1) of hi are zero (and not read)
+  static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
+    const auto mask = [](int64_t a, int64_t b) {
+      a = std::clamp<int64_t>(a, 0, 16), b = std::clamp<int64_t>(b, a, 16);
+      return __mmask16(((1u << b) - 1) & ~((1u << a) - 1));
+    };
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(lo0, lo1), lo)),
+                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
+  }
+  // L floats rounded to bf16, the first ``cols`` stored
+  static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
+    const __mmask16 mask = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    _mm256_mask_storeu_epi16(dst, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  }
+  // the first ``cols`` (<= 2L) bf16 of p, zeros past them
+  static i load_cols(const uint16_t* p, int64_t cols) {
+    return _mm512_maskz_loadu_epi16(cols >= 32 ? ~__mmask32(0) : (__mmask32(1) << cols) - 1, p);
+  }
+  // 2L columns of two rows as words: even (lo[2l], hi[2l]) and odd (lo[2l + 1], hi[2l + 1])
+  static void pair(i lo, i hi, i& even, i& odd) {
+    const i low = _mm512_set1_epi32(0xFFFF);
+    even = _mm512_or_si512(_mm512_and_si512(lo, low), _mm512_slli_epi32(hi, 16));
+    odd = _mm512_or_si512(_mm512_srli_epi32(lo, 16), _mm512_andnot_si512(low, hi));
+  }
+  static f dp(f acc, i a, i b) {
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b));
+  }
+  // even/odd columns rounded to bf16 (nearest even), stored in column order (``cols`` <= 2L of them)
+  static void store(f even, f odd, int64_t cols, c10::BFloat16* dst) {
+    const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));  // even in the low half
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __mmask32 mask = cols >= 32 ? ~__mmask32(0) : (__mmask32(1) << cols) - 1;
+    _mm512_mask_storeu_epi16(dst, mask, _mm512_permutexvar_epi16(order, both));
+  }
+};
+
+template <>
+struct Lanes<8> {
+  using f = __m256;
+  using i = __m256i;
+  static f zero() { return _mm256_setzero_ps(); }
+  static i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static void store_words(uint32_t* p, i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static f add(f a, f b) { return _mm256_add_ps(a, b); }
+  static __mmask16 cols_mask(int64_t lo, int64_t hi) {
+    lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, lo, 16);
+    return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+  }
+  static i load_range(const uint16_t* p, int64_t lo, int64_t hi) { return _mm256_maskz_loadu_epi16(cols_mask(lo, hi), p); }
+  static void load_even_odd(const c10::BFloat16* p, int64_t cols, f& even, f& odd) {
+    const i w = _mm256_maskz_loadu_epi16(cols_mask(0, cols), p);
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    odd = _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_set1_epi32(0xFFFF), w));
+  }
+  static i zeros() { return _mm256_setzero_si256(); }
+  static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
+    const auto mask = [](int64_t a, int64_t b) {
+      a = std::clamp<int64_t>(a, 0, 8), b = std::clamp<int64_t>(b, a, 8);
+      return __mmask8(((1u << b) - 1) & ~((1u << a) - 1));
+    };
+    return _mm256_or_si256(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(lo0, lo1), lo)),
+                           _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
+  }
+  static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
+    const __mmask8 mask = cols >= 8 ? __mmask8(0xFF) : __mmask8((1u << cols) - 1);
+    _mm_mask_storeu_epi16(dst, mask, reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(v)));
+  }
+  static i load_cols(const uint16_t* p, int64_t cols) {
+    return _mm256_maskz_loadu_epi16(cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1), p);
+  }
+  static void pair(i lo, i hi, i& even, i& odd) {
+    const i low = _mm256_set1_epi32(0xFFFF);
+    even = _mm256_or_si256(_mm256_and_si256(lo, low), _mm256_slli_epi32(hi, 16));
+    odd = _mm256_or_si256(_mm256_srli_epi32(lo, 16), _mm256_andnot_si256(low, hi));
+  }
+  static f dp(f acc, i a, i b) {
+    return _mm256_dpbf16_ps(acc, reinterpret_cast<__m256bh>(a), reinterpret_cast<__m256bh>(b));
+  }
+  static void store(f even, f odd, int64_t cols, c10::BFloat16* dst) {
+    const __m256i both = reinterpret_cast<__m256i>(_mm256_cvtne2ps_pbh(odd, even));
+    const __m256i order = _mm256_set_epi16(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    const __mmask16 mask = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    _mm256_mask_storeu_epi16(dst, mask, _mm256_permutexvar_epi16(order, both));
+  }
+};
+
+inline uint32_t word(uint16_t lo, uint16_t hi) { return uint32_t(lo) | uint32_t(hi) << 16; }
+inline const uint16_t* bits(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
+
+// The low tap of kernel-row pair m (K - 2 for an odd K's last pair, whose low kernel is zero).
+inline int64_t low_tap(int64_t m, int64_t K) { return std::min(2 * m, K - 2); }
+
+inline bool serves(const Geometry& g) { return g.s == 1 && g.d == 1 && g.K >= 2; }
+
+// Rows [r0, r0 + n) of a (h, w) plane (row stride rs) into rows of ``width`` (a multiple of 32)
+// values: column q is plane column q - lead, zero outside the plane. Masked loads: lanes outside
+// the plane are neither read nor faulted on.
+void copy_band(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, int64_t r0, int64_t n, int64_t lead,
+               int64_t width, uint16_t* dst) {
+  for (int64_t r = 0; r < n; ++r, dst += width) {
+    const int64_t y = r0 + r;
+    for (int64_t q0 = 0; q0 < width; q0 += 32) {
+      const int64_t lo = std::clamp<int64_t>(lead - q0, 0, 32), hi = std::clamp<int64_t>(lead - q0 + w, 0, 32);
+      const __mmask32 mask = y < 0 || y >= h ? 0 : __mmask32(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
+      _mm512_storeu_si512(dst + q0, _mm512_maskz_loadu_epi16(mask, plane + y * rs + q0 - lead));
+    }
+  }
+}
+
+// The sum and the sum of squares of n bf16 values into stats[0], stats[1].
+void block_stats(const c10::BFloat16* values, int64_t n, double* stats) {
+  __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+  for (int64_t p = 0; p < n; p += 16) {
+    const __mmask16 mask = n - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - p)) - 1);
+    const __m512 y = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, values + p)), 16));
+    sum = _mm512_add_ps(sum, y);
+    sq = _mm512_fmadd_ps(y, y, sq);
+  }
+  stats[0] = _mm512_reduce_add_ps(sum);
+  stats[1] = _mm512_reduce_add_ps(sq);
+}
+
+// Kernel pairs of one task, kbuf[((u * M + m) * n + r) * wq + p]: for column block j0 (2L columns),
+// words p = j0 + l (l < L) pair taps (v0, v0 + 1) at column j0 + 2l, words j0 + L + l at j0 + 2l + 1.
+template <int L>
+void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbuf) {
+  using Vec = Lanes<L>;
+  const int64_t M = g.K / 2 + g.K % 2, wq = round_up(g.Wo, 2 * L), plane = g.Ho * g.Wo;
+  for (int64_t u = 0; u < g.K; ++u)
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t v0 = low_tap(m, g.K);
+      const uint16_t* lo = k + (u * g.K + v0) * plane;
+      const bool real_lo = v0 == 2 * m;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j0 = 0; j0 < wq; j0 += 2 * L) {
+          const int64_t cols = std::min<int64_t>(2 * L, g.Wo - j0), at = r * g.Wo + j0;
+          typename Vec::i even, odd;
+          Vec::pair(real_lo ? Vec::load_cols(lo + at, cols) : Vec::load_cols(lo, 0), Vec::load_cols(lo + plane + at, cols),
+                    even, odd);
+          uint32_t* dst = kbuf + ((u * M + m) * n + r) * wq + j0;
+          Vec::store_words(dst, even);
+          Vec::store_words(dst + L, odd);
+        }
+    }
+}
+
+template <int L>
+void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g, double* sd, int64_t nblocks,
+             int64_t rb) {
+  using Vec = Lanes<L>;
+  using f = typename Vec::f;
+  constexpr int64_t CB = 8;
+  const uint16_t* xd = bits(x.data_ptr<c10::BFloat16>());
+  const uint16_t* kd = bits(k.data_ptr<c10::BFloat16>());
+  c10::BFloat16* od = out.data_ptr<c10::BFloat16>();
+  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), plane = g.Ho * g.Wo;
+  const int64_t M = g.K / 2 + g.K % 2, wq = round_up(g.Wo, 2 * L), width = round_up(wq + g.K - 1, 32);
+  const int64_t band = g.band_rows(rb) * width;
+  at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> kbuf(g.K * M * rb * wq);
+    std::vector<uint16_t> xbuf(CB * band);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
+      const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
+      pair_kernels<L>(kd + bg * g.KK * plane + i0 * g.Wo, g, n, kbuf.data());
+      for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
+        const int64_t nc = std::min(CB, g.gc - c0);
+        for (int64_t cc = 0; cc < nc; ++cc)
+          copy_band(xd + b * xsb + (grp * g.gc + c0 + cc) * xsc, xsh, g.H, g.W, i0 - g.pt, g.band_rows(n), g.pl,
+                    width, &xbuf[cc * band]);
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t j0 = 0; j0 < g.Wo; j0 += 2 * L) {
+            f even[CB], odd[CB];
+            for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
+            for (int64_t u = 0; u < g.K; ++u)
+              for (int64_t m = 0; m < M; ++m) {
+                const uint32_t* kp = &kbuf[((u * M + m) * n + r) * wq + j0];
+                const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
+                const int64_t off = (r + u) * width + j0 + low_tap(m, g.K);
+                for (int64_t cc = 0; cc < CB; ++cc) {  // past nc: stale or zero values, never stored
+                  even[cc] = Vec::dp(even[cc], ke, Vec::load(&xbuf[cc * band + off]));
+                  odd[cc] = Vec::dp(odd[cc], ko, Vec::load(&xbuf[cc * band + off + 1]));
+                }
+              }
+            const int64_t cols = std::min<int64_t>(2 * L, g.Wo - j0);
+            for (int64_t cc = 0; cc < nc; ++cc)
+              Vec::store(even[cc], odd[cc], cols, od + (b * g.C + grp * g.gc + c0 + cc) * plane + (i0 + r) * g.Wo + j0);
+          }
+        if (sd != nullptr)
+          for (int64_t cc = 0; cc < nc; ++cc)  // from the stored values, still in cache
+            block_stats(od + (b * g.C + grp * g.gc + c0 + cc) * plane + i0 * g.Wo, n * g.Wo,
+                        &sd[(t * g.gc + c0 + cc) * 2]);
+      }
+    }
+  });
+}
+
+
+// grad_x (stride 1, as grad_input_gather): for input column x, taps v and v + 1 of kernel row u
+// read grad_out and the kernels at output columns x + pl - v and one left of it, so the words pair
+// (tap v + 1, tap v): a plain load of grad_out's window at x + span - v - 1 holds them for the even
+// columns, and the kernels are paired to match (tap v zero in an odd K's last pair).
+template <int L>
+void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
+  using Vec = Lanes<L>;
+  using f = typename Vec::f;
+  constexpr int64_t CB = 8;
+  const uint16_t* kd = bits(k.data_ptr<c10::BFloat16>());
+  const uint16_t* gd = bits(go.data_ptr<c10::BFloat16>());
+  c10::BFloat16* gxd = gx.data_ptr<c10::BFloat16>();
+  const int64_t span = g.K - 1, plane = g.Ho * g.Wo, M = g.K / 2 + g.K % 2;
+  const int64_t wq = round_up(g.W, 2 * L), width = round_up(wq + span, 32);
+  const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb, win = (rb + span) * width;
+  at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> kbuf(g.K * M * (rb + span) * wq);
+    std::vector<uint16_t> gbuf(CB * win);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
+      const int64_t y0 = blk * rb, ny = std::min(rb, g.H - y0), i0 = y0 + g.pt - span, rows = ny + span;
+      // kbuf[((u * M + m) * rows + a) * wq + p]: window row a is output row i0 + a
+      for (int64_t u = 0; u < g.K; ++u)
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t v = low_tap(m, g.K);
+          const uint16_t* hi_plane = kd + (bg * g.KK + u * g.K + v) * plane;
+          const bool real_hi = v == 2 * m;
+          for (int64_t a = 0; a < rows; ++a) {
+            const int64_t i = i0 + a;
+            for (int64_t x0 = 0; x0 < wq; x0 += 2 * L) {
+              typename Vec::i lo = Vec::zeros(), hi = lo, even, odd;
+              if (i >= 0 && i < g.Ho) {
+                const int64_t j_lo = x0 + g.pl - v - 1, j_hi = j_lo + 1;  // output columns of lane 0
+                lo = Vec::load_range(hi_plane + plane + i * g.Wo + j_lo, -j_lo, g.Wo - j_lo);
+                if (real_hi) hi = Vec::load_range(hi_plane + i * g.Wo + j_hi, -j_hi, g.Wo - j_hi);
+              }
+              Vec::pair(lo, hi, even, odd);
+              uint32_t* dst = &kbuf[((u * M + m) * rows + a) * wq + x0];
+              Vec::store_words(dst, even);
+              Vec::store_words(dst + L, odd);
+            }
+          }
+        }
+      for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
+        const int64_t nc = std::min(CB, g.gc - c0);
+        for (int64_t cc = 0; cc < nc; ++cc)  // window column e is output column e + pl - span
+          copy_band(gd + (b * g.C + grp * g.gc + c0 + cc) * plane, g.Wo, g.Ho, g.Wo, i0, rows, span - g.pl, width,
+                    &gbuf[cc * win]);
+        for (int64_t r = 0; r < ny; ++r)
+          for (int64_t x0 = 0; x0 < g.W; x0 += 2 * L) {
+            f even[CB], odd[CB];
+            for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
+            for (int64_t u = 0; u < g.K; ++u) {
+              const int64_t a = r + span - u;
+              for (int64_t m = 0; m < M; ++m) {
+                const uint32_t* kp = &kbuf[((u * M + m) * rows + a) * wq + x0];
+                const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
+                const int64_t off = a * width + x0 + span - low_tap(m, g.K) - 1;
+                for (int64_t cc = 0; cc < CB; ++cc) {  // past nc: stale or zero values, never stored
+                  even[cc] = Vec::dp(even[cc], ke, Vec::load(&gbuf[cc * win + off]));
+                  odd[cc] = Vec::dp(odd[cc], ko, Vec::load(&gbuf[cc * win + off + 1]));
+                }
+              }
+            }
+            const int64_t cols = std::min<int64_t>(2 * L, g.W - x0);
+            for (int64_t cc = 0; cc < nc; ++cc) {
+              c10::BFloat16* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
+              if (prior) {  // gx already holds another gradient of x
+                f pe, po;
+                Vec::load_even_odd(dst, cols, pe, po);
+                even[cc] = Vec::add(even[cc], pe);
+                odd[cc] = Vec::add(odd[cc], po);
+              }
+              Vec::store(even[cc], odd[cc], cols, dst);
+            }
+          }
+      }
+    }
+  });
+}
+
+// grad_kernels (stride 1, as grad_kernels_impl): the reduction runs over channels, so the words
+// pair channels (c, c + 1) of grad_out and of x's band, in column order; an odd group's last pair
+// takes channel c - 1 with a zero grad_out (its x values are read by the pair before).
+template <int L>
+void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, const Geometry& g) {
+  using Vec = Lanes<L>;
+  using f = typename Vec::f;
+  constexpr int64_t KT = 9;
+  const uint16_t* xd = bits(x.data_ptr<c10::BFloat16>());
+  const uint16_t* gd = bits(go.data_ptr<c10::BFloat16>());
+  c10::BFloat16* gkd = gk.data_ptr<c10::BFloat16>();
+  const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), plane = g.Ho * g.Wo;
+  const int64_t P = (g.gc + 1) / 2, wq = round_up(g.Wo, L), width = round_up(wq + g.K - 1, L);
+  const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;  // bands of ~512 words a channel pair
+  const int64_t band = g.band_rows(rb) * width;
+  at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> xbuf(P * band), gbuf(P * rb * wq);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
+      const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0), rows = g.band_rows(n);
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t c = std::min(2 * p, g.gc - 2), ch = grp * g.gc + c;  // channels (c, c + 1)
+        const uint16_t* xlo = xd + b * xsb + ch * xsc;
+        for (int64_t a = 0; a < rows; ++a) {  // band column q is x column q - pl, zero outside x
+          const int64_t y = i0 - g.pt + a, valid = y >= 0 && y < g.H ? g.W : 0;
+          for (int64_t q0 = 0; q0 < width; q0 += L) {
+            const uint16_t* src = xlo + y * xsh + q0 - g.pl;
+            Vec::store_words(&xbuf[p * band + a * width + q0],
+                             Vec::interleave(src, g.pl - q0, g.pl - q0 + valid, src + xsc, g.pl - q0, g.pl - q0 + valid));
+          }
+        }
+        const uint16_t* glo = gd + (b * g.C + ch) * plane + i0 * g.Wo;
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t j0 = 0; j0 < wq; j0 += L) {
+            const uint16_t* src = glo + r * g.Wo + j0;
+            Vec::store_words(&gbuf[(p * rb + r) * wq + j0],
+                             Vec::interleave(src, 0, c == 2 * p ? g.Wo - j0 : 0, src + plane, 0, g.Wo - j0));
+          }
+      }
+      c10::BFloat16* kg = gkd + bg * g.KK * plane + i0 * g.Wo;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t t0 = 0; t0 < g.KK; t0 += KT) {  // KT taps share each grad_out load
+          const int64_t nt = std::min(KT, g.KK - t0);
+          int64_t off[KT];  // each tap's x offset in the band; past nt: the last tap again, never stored
+          for (int64_t k = 0; k < KT; ++k) {
+            const int64_t uv = t0 + std::min(k, nt - 1);
+            off[k] = (r + uv / g.K) * width + uv % g.K;
+          }
+          for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
+            f acc[KT];
+            for (int64_t k = 0; k < KT; ++k) acc[k] = Vec::zero();
+            for (int64_t p = 0; p < P; ++p) {
+              const auto gv = Vec::load(&gbuf[(p * rb + r) * wq + j0]);
+              const uint32_t* xv = &xbuf[p * band + j0];
+              for (int64_t k = 0; k < KT; ++k) acc[k] = Vec::dp(acc[k], gv, Vec::load(xv + off[k]));
+            }
+            for (int64_t k = 0; k < nt; ++k)
+              Vec::store_cols(acc[k], std::min<int64_t>(L, g.Wo - j0), kg + (t0 + k) * plane + r * g.Wo + j0);
+          }
+        }
+    }
+  });
+}
+
+}  // namespace dot
+#endif
+
 // ``stats`` (when defined): per task and channel of its group, the sum and the sum of squares of
 // the outputs as stored (bf16: rounded), (B * G * nblocks, gc, 2) float64, summed in task order by the caller.
 template <int S, typename scalar_t>
 void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g, at::Tensor& stats) {
+  const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;
+  if (stats.defined()) stats = at::empty({g.B * g.G * nblocks, g.gc, 2}, x.options().dtype(at::kDouble));
+  double* sd = stats.defined() ? stats.data_ptr<double>() : nullptr;
+#ifdef BIVOL_DOT
+  if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
+    if (dot::serves(g)) return g.Wo > 16 ? dot::forward<16>(x, k, out, g, sd, nblocks, rb)
+                                          : dot::forward<8>(x, k, out, g, sd, nblocks, rb);
+#endif
   with_channel_block(g.gc, [&](auto cb) {
   constexpr int64_t CB = decltype(cb)::value;
   using acc_t = at::opmath_type<scalar_t>;
@@ -139,11 +540,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
   const scalar_t* kd = k.data_ptr<scalar_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
   const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), st = S ? S : g.s;
-  const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;
   const int64_t wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
   const int64_t band = g.band_rows(rb) * wp;
-  if (stats.defined()) stats = at::empty({g.B * g.G * nblocks, g.gc, 2}, x.options().dtype(at::kDouble));
-  double* sd = stats.defined() ? stats.data_ptr<double>() : nullptr;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> kbuf(g.KK * rb * wv), xbuf(CB * band);
     for (int64_t t = begin; t < end; ++t) {
@@ -197,6 +595,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
 // all of a group's channels are loaded, so each kernel element is one register reduction over c.
 template <int S, typename scalar_t>
 void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, const Geometry& g) {
+#ifdef BIVOL_DOT
+  if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
+    if (dot::serves(g) && g.gc >= 2) return g.Wo >= 16 ? dot::grad_kernels<16>(go, x, gk, g) : dot::grad_kernels<8>(go, x, gk, g);
+#endif
   with_tap_block(g.KK, [&](auto kt) {
   constexpr int64_t KT = decltype(kt)::value;
   using acc_t = at::opmath_type<scalar_t>;
@@ -340,6 +742,10 @@ void grad_input_scatter(const at::Tensor& go, const at::Tensor& k, at::Tensor& g
 // With ``prior``, gx already holds another gradient of x, which the result is added to.
 template <int S, typename scalar_t>
 void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
+#ifdef BIVOL_DOT
+  if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
+    if (dot::serves(g)) return g.W > 16 ? dot::grad_input<16>(go, k, gx, g, prior) : dot::grad_input<8>(go, k, gx, g, prior);
+#endif
   if constexpr (S == 1) {
     grad_input_gather<scalar_t>(go, k, gx, g, prior);
   } else if (prior) {
@@ -459,7 +865,16 @@ at::Tensor scale_add_(at::Tensor& out, const at::Tensor& y, const at::Tensor& sc
   return out;
 }
 
+bool bf16_dot() {
+#ifdef BIVOL_DOT
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation uses the AVX512-BF16 kernels (namespace dot)");
   m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
   m.def("forward_stats", &involution_forward_stats,
         "forward, and with need_stats the outputs' sum and sum of squares per channel, (C, 2) float64 (CPU)");
