@@ -186,8 +186,14 @@ def test_backward_twice_with_retained_graph():
 
 
 def test_generator_thresholds_decide_as_in_the_modules():
-    """The nodes serve exactly where the fused generator passes would (fused_generator.pays)."""
+    """The involution node serves exactly where the fused generator passes would
+    (fused_generator.pays); the Bi-volution node up to the larger thresholds at any map size."""
     x = torch.randn(2, 128, 8, 8)
     module = Involution2d(128, kernel_size=3, group_channels=16).train()
     assert not fused_generator.separable_pays(x)
     assert not fused_training.involution_applies(module, x)
+    assert not fused_training.bivolution_applies(Bivolution2d(128, kernel_size=3, group_channels=16).train(), x)
+    x = torch.randn(2, 64, 8, 8)  # bivol_resnet20's third stage
+    assert not fused_generator.separable_pays(x)
+    assert not fused_training.involution_applies(Involution2d(64, kernel_size=3, group_channels=16).train(), x)
+    assert fused_training.bivolution_applies(Bivolution2d(64, kernel_size=3, group_channels=16).train(), x)
