@@ -77,6 +77,20 @@ def test_dilation_and_asymmetric_padding_equal_the_torch_path():
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("stride,dilation,pad_top,pad_left", [(2, 2, 2, 2), (3, 1, 1, 0), (3, 2, 0, 3)])
+def test_strides_above_two_and_dilated_strides_equal_the_torch_path(stride, dilation, pad_top, pad_left):
+    """The strided input gradient (one gather row per residue of the stride) beyond stride 2 and
+    with dilation, where no model of ours goes."""
+    x, _ = _inputs(2, 8, 11, 13, 4, 3, 1)
+    ho, wo = (11 + 2 * pad_top - dilation * 2 - 1) // stride + 1, (13 + 2 * pad_left - dilation * 2 - 1) // stride + 1
+    kernels = torch.randn(2, 2, 9, ho, wo, dtype=torch.float64, requires_grad=True)
+    out = fused_involution.aggregate(x, kernels, 3, stride, dilation, pad_top, pad_left)
+    ref = _aggregate_torch(x, kernels, 3, stride, dilation, pad_top, pad_left)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(_grads(out, x, kernels), _grads(ref, x, kernels), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("k,stride,gc", [(3, 1, 4), (3, 2, 16), (7, 1, 16)])
 def test_bfloat16_within_tolerance(k, stride, gc):
     """bf16 in, fp32 accumulation, bf16 out: within bf16 rounding of the float64 result (relative

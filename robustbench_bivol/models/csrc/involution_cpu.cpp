@@ -36,6 +36,7 @@ using bivol::load_lanes;
 using bivol::store_lanes;
 using bivol::vec_t;
 using bivol::vload;
+using bivol::vstore;
 
 // Register blocks: each kernel vector loaded serves CB channels (forward, grad_input), each grad_out
 // vector loaded serves KT kernel taps (grad_kernels). Every accumulator is its own FMA chain, and
@@ -109,11 +110,6 @@ void load_rows(const scalar_t* src, int64_t n, int64_t w, int64_t wv, acc_t* dst
     to_opmath(src + r * w, w, dst + r * wv);
     std::fill(dst + r * wv + w, dst + (r + 1) * wv, acc_t(0));
   }
-}
-
-template <typename scalar_t, typename acc_t>
-void store(const acc_t* acc, int64_t n, scalar_t* dst) {
-  from_opmath(acc, n, dst);
 }
 
 // The window [i0, i0 + rows) x [j0, j0 + cols) of a (h, w) plane, zeros outside it, as opmath.
@@ -691,48 +687,74 @@ void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx
   });
 }
 
-// Strided grad_x: for each tap row u with s*i + d*u - pt = y, scatter k * grad_out along the row
-// into a padded row buffer (row-local, so tasks over disjoint input rows never collide).
+// Strided grad_x as a gather over blocks of input rows (no two tasks write the same element). Input
+// column x = s*m + e (e < s) takes tap v iff s divides e + pl - d*v, from output column
+// j = m + (e + pl - d*v) / s: for each residue e the taps read contiguous runs of kernels and
+// grad_out, so the products vectorise over m into one accumulator row per residue, and the
+// residues are interleaved once when the row is stored.
 template <int S, typename scalar_t>
-void grad_input_scatter(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+void grad_input_strided(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* kd = k.data_ptr<scalar_t>();
   const scalar_t* gd = go.data_ptr<scalar_t>();
   scalar_t* gxd = gx.data_ptr<scalar_t>();
-  const int64_t st = S ? S : g.s, wp = g.Wp(), wv = g.Wv(), plane = g.Ho * g.Wo;
+  const int64_t st = S ? S : g.s, plane = g.Ho * g.Wo, span = g.d * (g.K - 1);
+  const int64_t wm = round_up((g.W + st - 1) / st);  // accumulator row per residue
+  const int64_t lead = span / st + 1;                // zero columns before output column 0 in the buffers
+  const int64_t wb = lead + wm + (g.pl + st) / st + 1;
   const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb;
-  const int64_t max_rows = (rb - 1 + g.d * (g.K - 1)) / st + 2;  // output rows an input-row block touches
+  const int64_t max_rows = (rb - 1 + span) / st + 2;  // output rows an input-row block touches
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kbuf(g.KK * max_rows * wv), gbuf(max_rows * wv), row(wp);
+    std::vector<acc_t> kbuf(g.KK * max_rows * wb), gbuf(max_rows * wb), acc(st * wm);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, y1 = std::min(g.H, y0 + rb);
-      const int64_t ia = std::max<int64_t>(0, ceil_div(y0 + g.pt - g.d * (g.K - 1), st));
+      const int64_t ia = std::max<int64_t>(0, ceil_div(y0 + g.pt - span, st));
       const int64_t ib = std::min(g.Ho, (y1 - 1 + g.pt) / st + 1);
       const int64_t ni = std::max<int64_t>(0, ib - ia);
-      for (int64_t uv = 0; uv < g.KK; ++uv)
-        load_rows(kd + (bg * g.KK + uv) * plane + ia * g.Wo, ni, g.Wo, wv, &kbuf[uv * ni * wv]);
+      const auto load = [&](const scalar_t* src, acc_t* dst) {  // ni rows, output column j at lead + j
+        for (int64_t r = 0; r < ni; ++r) {
+          acc_t* row = dst + r * wb;
+          std::fill(row, row + wb, acc_t(0));
+          to_opmath(src + r * g.Wo, std::min(g.Wo, wb - lead), row + lead);
+        }
+      };
+      for (int64_t uv = 0; uv < g.KK; ++uv) load(kd + (bg * g.KK + uv) * plane + ia * g.Wo, &kbuf[uv * max_rows * wb]);
       for (int64_t c = 0; c < g.gc; ++c) {
         const int64_t ch = grp * g.gc + c;
-        load_rows(gd + (b * g.C + ch) * plane + ia * g.Wo, ni, g.Wo, wv, gbuf.data());
+        load(gd + (b * g.C + ch) * plane + ia * g.Wo, gbuf.data());
         scalar_t* xplane = gxd + (b * g.C + ch) * g.H * g.W;
         for (int64_t y = y0; y < y1; ++y) {
-          std::fill(row.begin(), row.end(), acc_t(0));
+          std::fill(acc.begin(), acc.end(), acc_t(0));
           for (int64_t u = 0; u < g.K; ++u) {
             const int64_t num = y + g.pt - g.d * u;  // = s * i
             if (num < 0 || num % st) continue;
             const int64_t i = num / st;
             if (i < ia || i >= ib) continue;
-            const acc_t* grow = &gbuf[(i - ia) * wv];
+            const acc_t* grow = &gbuf[(i - ia) * wb + lead];
             for (int64_t v = 0; v < g.K; ++v) {
-              const acc_t* krow = &kbuf[((u * g.K + v) * ni + i - ia) * wv];
-              acc_t* dst = &row[g.d * v];
-              for (int64_t j = 0; j < wv; ++j) dst[st * j] += krow[j] * grow[j];
+              const int64_t e = ((g.d * v - g.pl) % st + st) % st, off = (e + g.pl - g.d * v) / st;
+              const acc_t* krow = &kbuf[((u * g.K + v) * max_rows + i - ia) * wb + lead + off];
+              const acc_t* gcol = grow + off;
+              acc_t* dst = &acc[e * wm];
+              for (int64_t m0 = 0; m0 < wm; m0 += V)
+                vstore(dst + m0, vload(dst + m0) + vload(krow + m0) * vload(gcol + m0));
             }
           }
-          const int64_t hi = std::min(g.W, wp - g.pl);
-          store(&row[g.pl], hi, xplane + y * g.W);
-          std::fill(xplane + y * g.W + std::max<int64_t>(hi, 0), xplane + (y + 1) * g.W, scalar_t(0));
+          scalar_t* out = xplane + y * g.W;
+          if constexpr (S == 2) {  // the two residues interleaved a vector at a time
+            static_assert(V == 8, "the shuffles below interleave two vectors of 8 lanes");
+            for (int64_t m0 = 0; m0 < wm && 2 * m0 < g.W; m0 += V) {
+              const vec_t<acc_t> even = vload(&acc[m0]), odd = vload(&acc[wm + m0]);
+              const vec_t<acc_t> lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+              const vec_t<acc_t> hi = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+              const int64_t x0 = 2 * m0;
+              store_lanes<acc_t>(lo, std::min(V, g.W - x0), out + x0);
+              if (x0 + V < g.W) store_lanes<acc_t>(hi, std::min(V, g.W - x0 - V), out + x0 + V);
+            }
+          } else {
+            for (int64_t x = 0; x < g.W; ++x) out[x] = scalar_t(acc[(x % st) * wm + x / st]);
+          }
         }
       }
     }
@@ -750,10 +772,10 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
     grad_input_gather<scalar_t>(go, k, gx, g, prior);
   } else if (prior) {
     at::Tensor own = at::empty_like(gx);
-    grad_input_scatter<S, scalar_t>(go, k, own, g);
+    grad_input_strided<S, scalar_t>(go, k, own, g);
     gx.add_(own);
   } else {
-    grad_input_scatter<S, scalar_t>(go, k, gx, g);
+    grad_input_strided<S, scalar_t>(go, k, gx, g);
   }
 }
 
