@@ -8,7 +8,7 @@
 // rows): it converts the input rows it reads into a zero-padded opmath buffer once per channel
 // and accumulates all K*K taps into one output row buffer, written once. grad_input is a gather
 // over blocks of *input* rows, so no two tasks write the same element (no atomics). bf16 at stride
-// 1 and dilation 1 runs on AVX512-BF16 dot products where the CPU has them (namespace dot).
+// 1 and dilation 1 runs on AVX512-BF16 dot products where the CPU has them (namespace dot_kernels).
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,10 +19,7 @@
 #include "common.h"
 #include "kernel_generator_cpu.h"
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define BIVOL_DOT 1  // the bf16 kernels of namespace dot below
-#include <immintrin.h>
-#endif
+#include "dot_bf16.h"
 
 namespace {
 
@@ -142,162 +139,21 @@ void load_window(const scalar_t* plane, int64_t h, int64_t w, int64_t i0, int64_
 // the real taps read too, so a non-finite x stays visible. Products of two bf16 are exact in float
 // and added with float rounding, as in the float path; only the order of the additions differs
 // (and denormals flush to zero). Dilation 1, stride 1; other geometries take the float path.
-namespace dot {
+namespace dot_kernels {  // the aggregation's
 
-// L float lanes (an even-column and an odd-column vector cover 2L output columns).
-template <int L>
-struct Lanes;
+using namespace bivol::dot;
 
-template <>
-struct Lanes<16> {
-  using f = __m512;
-  using i = __m512i;
-  static f zero() { return _mm512_setzero_ps(); }
-  static i load(const void* p) { return _mm512_loadu_si512(p); }
-  static void store_words(uint32_t* p, i v) { _mm512_storeu_si512(p, v); }
-  static f add(f a, f b) { return _mm512_add_ps(a, b); }
-  static __mmask32 cols_mask(int64_t lo, int64_t hi) {  // lanes [lo, hi) of 2L, clamped
-    lo = std::clamp<int64_t>(lo, 0, 32), hi = std::clamp<int64_t>(hi, lo, 32);
-    return __mmask32(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
-  }
-  // 2L bf16 from p, lanes outside [lo, hi) zero (and not read)
-  static i load_range(const uint16_t* p, int64_t lo, int64_t hi) { return _mm512_maskz_loadu_epi16(cols_mask(lo, hi), p); }
-  // the first ``cols`` of 2L bf16 in column order, as even and odd column floats
-  static void load_even_odd(const c10::BFloat16* p, int64_t cols, f& even, f& odd) {
-    const i w = _mm512_maskz_loadu_epi16(cols_mask(0, cols), p);
-    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-    odd = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32(0xFFFF), w));
-  }
-  static i zeros() { return _mm512_setzero_si512(); }
-  // L columns of two rows as words (lo[l], hi[l]) in column order; lanes outside [lo0, lo1) of lo
-  // and [hi0, hi1) of hi are zero (and not read)
-  static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
-    const auto mask = [](int64_t a, int64_t b) {
-      a = std::clamp<int64_t>(a, 0, 16), b = std::clamp<int64_t>(b, a, 16);
-      return __mmask16(((1u << b) - 1) & ~((1u << a) - 1));
-    };
-    return _mm512_or_si512(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(lo0, lo1), lo)),
-                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
-  }
-  // L floats rounded to bf16, the first ``cols`` stored
-  static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
-    const __mmask16 mask = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
-    _mm256_mask_storeu_epi16(dst, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-  }
-  // the first ``cols`` (<= 2L) bf16 of p, zeros past them
-  static i load_cols(const uint16_t* p, int64_t cols) {
-    return _mm512_maskz_loadu_epi16(cols >= 32 ? ~__mmask32(0) : (__mmask32(1) << cols) - 1, p);
-  }
-  // 2L columns of two rows as words: even (lo[2l], hi[2l]) and odd (lo[2l + 1], hi[2l + 1])
-  static void pair(i lo, i hi, i& even, i& odd) {
-    const i low = _mm512_set1_epi32(0xFFFF);
-    even = _mm512_or_si512(_mm512_and_si512(lo, low), _mm512_slli_epi32(hi, 16));
-    odd = _mm512_or_si512(_mm512_srli_epi32(lo, 16), _mm512_andnot_si512(low, hi));
-  }
-  static f dp(f acc, i a, i b) {
-    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b));
-  }
-  // even/odd columns rounded to bf16 (nearest even), stored in column order (``cols`` <= 2L of them)
-  static void store(f even, f odd, int64_t cols, c10::BFloat16* dst) {
-    const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));  // even in the low half
-    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __mmask32 mask = cols >= 32 ? ~__mmask32(0) : (__mmask32(1) << cols) - 1;
-    _mm512_mask_storeu_epi16(dst, mask, _mm512_permutexvar_epi16(order, both));
-  }
-};
-
-template <>
-struct Lanes<8> {
-  using f = __m256;
-  using i = __m256i;
-  static f zero() { return _mm256_setzero_ps(); }
-  static i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-  static void store_words(uint32_t* p, i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static f add(f a, f b) { return _mm256_add_ps(a, b); }
-  static __mmask16 cols_mask(int64_t lo, int64_t hi) {
-    lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, lo, 16);
-    return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
-  }
-  static i load_range(const uint16_t* p, int64_t lo, int64_t hi) { return _mm256_maskz_loadu_epi16(cols_mask(lo, hi), p); }
-  static void load_even_odd(const c10::BFloat16* p, int64_t cols, f& even, f& odd) {
-    const i w = _mm256_maskz_loadu_epi16(cols_mask(0, cols), p);
-    even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-    odd = _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_set1_epi32(0xFFFF), w));
-  }
-  static i zeros() { return _mm256_setzero_si256(); }
-  static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
-    const auto mask = [](int64_t a, int64_t b) {
-      a = std::clamp<int64_t>(a, 0, 8), b = std::clamp<int64_t>(b, a, 8);
-      return __mmask8(((1u << b) - 1) & ~((1u << a) - 1));
-    };
-    return _mm256_or_si256(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(lo0, lo1), lo)),
-                           _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
-  }
-  static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
-    const __mmask8 mask = cols >= 8 ? __mmask8(0xFF) : __mmask8((1u << cols) - 1);
-    _mm_mask_storeu_epi16(dst, mask, reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(v)));
-  }
-  static i load_cols(const uint16_t* p, int64_t cols) {
-    return _mm256_maskz_loadu_epi16(cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1), p);
-  }
-  static void pair(i lo, i hi, i& even, i& odd) {
-    const i low = _mm256_set1_epi32(0xFFFF);
-    even = _mm256_or_si256(_mm256_and_si256(lo, low), _mm256_slli_epi32(hi, 16));
-    odd = _mm256_or_si256(_mm256_srli_epi32(lo, 16), _mm256_andnot_si256(low, hi));
-  }
-  static f dp(f acc, i a, i b) {
-    return _mm256_dpbf16_ps(acc, reinterpret_cast<__m256bh>(a), reinterpret_cast<__m256bh>(b));
-  }
-  static void store(f even, f odd, int64_t cols, c10::BFloat16* dst) {
-    const __m256i both = reinterpret_cast<__m256i>(_mm256_cvtne2ps_pbh(odd, even));
-    const __m256i order = _mm256_set_epi16(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
-    const __mmask16 mask = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
-    _mm256_mask_storeu_epi16(dst, mask, _mm256_permutexvar_epi16(order, both));
-  }
-};
-
-inline uint32_t word(uint16_t lo, uint16_t hi) { return uint32_t(lo) | uint32_t(hi) << 16; }
-inline const uint16_t* bits(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 
 // The low tap of kernel-row pair m (K - 2 for an odd K's last pair, whose low kernel is zero).
 inline int64_t low_tap(int64_t m, int64_t K) { return std::min(2 * m, K - 2); }
 
 inline bool serves(const Geometry& g) { return g.s == 1 && g.d == 1 && g.K >= 2; }
 
-// Rows [r0, r0 + n) of a (h, w) plane (row stride rs) into rows of ``width`` (a multiple of 32)
-// values: column q is plane column q - lead, zero outside the plane. Masked loads: lanes outside
-// the plane are neither read nor faulted on.
-void copy_band(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, int64_t r0, int64_t n, int64_t lead,
-               int64_t width, uint16_t* dst) {
-  for (int64_t r = 0; r < n; ++r, dst += width) {
-    const int64_t y = r0 + r;
-    for (int64_t q0 = 0; q0 < width; q0 += 32) {
-      const int64_t lo = std::clamp<int64_t>(lead - q0, 0, 32), hi = std::clamp<int64_t>(lead - q0 + w, 0, 32);
-      const __mmask32 mask = y < 0 || y >= h ? 0 : __mmask32(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
-      _mm512_storeu_si512(dst + q0, _mm512_maskz_loadu_epi16(mask, plane + y * rs + q0 - lead));
-    }
-  }
-}
-
-// The sum and the sum of squares of n bf16 values into stats[0], stats[1].
-void block_stats(const c10::BFloat16* values, int64_t n, double* stats) {
-  __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
-  for (int64_t p = 0; p < n; p += 16) {
-    const __mmask16 mask = n - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - p)) - 1);
-    const __m512 y = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, values + p)), 16));
-    sum = _mm512_add_ps(sum, y);
-    sq = _mm512_fmadd_ps(y, y, sq);
-  }
-  stats[0] = _mm512_reduce_add_ps(sum);
-  stats[1] = _mm512_reduce_add_ps(sq);
-}
-
 // Kernel pairs of one task, kbuf[((u * M + m) * n + r) * wq + p]: for column block j0 (2L columns),
 // words p = j0 + l (l < L) pair taps (v0, v0 + 1) at column j0 + 2l, words j0 + L + l at j0 + 2l + 1.
 template <int L>
 void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbuf) {
-  using Vec = Lanes<L>;
+  using Vec = Simd<L>;
   const int64_t M = g.K / 2 + g.K % 2, wq = round_up(g.Wo, 2 * L), plane = g.Ho * g.Wo;
   for (int64_t u = 0; u < g.K; ++u)
     for (int64_t m = 0; m < M; ++m) {
@@ -320,7 +176,7 @@ void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbu
 template <int L>
 void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g, double* sd, int64_t nblocks,
              int64_t rb) {
-  using Vec = Lanes<L>;
+  using Vec = Simd<L>;
   using f = typename Vec::f;
   constexpr int64_t CB = 8;
   const uint16_t* xd = bits(x.data_ptr<c10::BFloat16>());
@@ -375,7 +231,7 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
 // columns, and the kernels are paired to match (tap v zero in an odd K's last pair).
 template <int L>
 void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
-  using Vec = Lanes<L>;
+  using Vec = Simd<L>;
   using f = typename Vec::f;
   constexpr int64_t CB = 8;
   const uint16_t* kd = bits(k.data_ptr<c10::BFloat16>());
@@ -455,7 +311,7 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
 // takes channel c - 1 with a zero grad_out (its x values are read by the pair before).
 template <int L>
 void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, const Geometry& g) {
-  using Vec = Lanes<L>;
+  using Vec = Simd<L>;
   using f = typename Vec::f;
   constexpr int64_t KT = 9;
   const uint16_t* xd = bits(x.data_ptr<c10::BFloat16>());
@@ -514,7 +370,7 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
   });
 }
 
-}  // namespace dot
+}  // namespace dot_kernels
 #endif
 
 // ``stats`` (when defined): per task and channel of its group, the sum and the sum of squares of
@@ -526,8 +382,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
   double* sd = stats.defined() ? stats.data_ptr<double>() : nullptr;
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
-    if (dot::serves(g)) return g.Wo > 16 ? dot::forward<16>(x, k, out, g, sd, nblocks, rb)
-                                          : dot::forward<8>(x, k, out, g, sd, nblocks, rb);
+    if (dot_kernels::serves(g))
+      return g.Wo > 16 ? dot_kernels::forward<16>(x, k, out, g, sd, nblocks, rb)
+                       : dot_kernels::forward<8>(x, k, out, g, sd, nblocks, rb);
 #endif
   with_channel_block(g.gc, [&](auto cb) {
   constexpr int64_t CB = decltype(cb)::value;
@@ -593,7 +450,8 @@ template <int S, typename scalar_t>
 void grad_kernels_impl(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, const Geometry& g) {
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
-    if (dot::serves(g) && g.gc >= 2) return g.Wo >= 16 ? dot::grad_kernels<16>(go, x, gk, g) : dot::grad_kernels<8>(go, x, gk, g);
+    if (dot_kernels::serves(g) && g.gc >= 2)
+      return g.Wo >= 16 ? dot_kernels::grad_kernels<16>(go, x, gk, g) : dot_kernels::grad_kernels<8>(go, x, gk, g);
 #endif
   with_tap_block(g.KK, [&](auto kt) {
   constexpr int64_t KT = decltype(kt)::value;
@@ -766,7 +624,8 @@ template <int S, typename scalar_t>
 void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
-    if (dot::serves(g)) return g.W > 16 ? dot::grad_input<16>(go, k, gx, g, prior) : dot::grad_input<8>(go, k, gx, g, prior);
+    if (dot_kernels::serves(g))
+      return g.W > 16 ? dot_kernels::grad_input<16>(go, k, gx, g, prior) : dot_kernels::grad_input<8>(go, k, gx, g, prior);
 #endif
   if constexpr (S == 1) {
     grad_input_gather<scalar_t>(go, k, gx, g, prior);
@@ -896,7 +755,7 @@ bool bf16_dot() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation uses the AVX512-BF16 kernels (namespace dot)");
+  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation uses the AVX512-BF16 kernels (namespace dot_kernels)");
   m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
   m.def("forward_stats", &involution_forward_stats,
         "forward, and with need_stats the outputs' sum and sum of squares per channel, (C, 2) float64 (CPU)");
