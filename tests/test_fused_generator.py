@@ -113,6 +113,30 @@ def test_bf16_as_accurate_as_the_torch_modules(dtype, amp, monkeypatch):
         assert got <= max(2 * want, 1e-3), (fused, modules)
 
 
+@pytest.mark.parametrize("stride,h,w", [(2, 32, 32), (2, 7, 9), (3, 8, 5), (2, 1, 1)])
+def test_avg_pool_equals_the_torch_pool(stride, h, w):
+    """The strided generator's pool, forward and gradient, ceil mode (edge windows average what
+    they cover), float64 and bf16 (rounded once: 2**-8 relative)."""
+    pool = nn.AvgPool2d(stride, stride, ceil_mode=True)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    out, ref = fused_generator.avg_pool(x, pool), pool(x)
+    assert type(out.grad_fn).__name__ == "_AvgPoolBackward"  # the C++ pass, not the module
+    torch.testing.assert_close(out, ref)
+    assert torch.autograd.gradcheck(lambda t: fused_generator.avg_pool(t, pool), (x,))
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+    xb = x.detach().bfloat16().requires_grad_()
+    out_b = fused_generator.avg_pool(xb, pool)
+    assert out_b.dtype == torch.bfloat16
+    torch.testing.assert_close(out_b.double(), pool(xb.double()), rtol=2 ** -8, atol=0)
+    gx = torch.autograd.grad(out_b, xb, grad.bfloat16())[0]
+    x64 = xb.detach().double().requires_grad_()
+    torch.testing.assert_close(gx.double(), torch.autograd.grad(pool(x64), x64, grad.bfloat16().double())[0],
+                               rtol=2 ** -8, atol=0)
+    identity = nn.Identity()
+    assert fused_generator.avg_pool(x, identity) is x
+
+
 def test_two_threads_give_the_same_kernels_and_gradients():
     """Weight gradients are summed per fixed chunk of work: equal on 1 and 2 threads up to float
     rounding, and deterministic on each."""

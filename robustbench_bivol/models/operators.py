@@ -267,12 +267,13 @@ class Involution2d(nn.Module):
     def _kernels(self, x: torch.Tensor, channel_term: torch.Tensor | None,
                  rows: tuple[int, int] | None) -> torch.Tensor:
         if rows is None:
-            r = fused_generator.separable(self.pool(x), self.spatial, self.reduce)
+            r = fused_generator.separable(fused_generator.avg_pool(x, self.pool), self.spatial, self.reduce)
         else:
             r0, r1 = rows
             halo = 0 if self.spatial is None else 1  # the depth-wise 3x3 reads one row each side
             lo = max(r0 - halo, 0)
-            z = self.pool(x[:, :, self.stride * lo: self.stride * (r1 + halo)])  # pool windows start at s*row
+            band = x[:, :, self.stride * lo: self.stride * (r1 + halo)]  # pool windows start at s*row
+            z = fused_generator.avg_pool(band, self.pool)
             r = fused_generator.separable(z, self.spatial, self.reduce)[:, :, r0 - lo: r1 - lo]
         if channel_term is not None:
             r = r + channel_term[:, :, None, None]

@@ -767,4 +767,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("separable_backward", &bivol::separable_backward, "gradients of separable_forward (CPU)");
   m.def("relu_pointwise_forward", &bivol::relu_pointwise_forward, "kernel generator: ReLU + 1x1 (CPU)");
   m.def("relu_pointwise_backward", &bivol::relu_pointwise_backward, "gradients of relu_pointwise_forward (CPU)");
+  m.def("avg_pool_forward", &bivol::avg_pool_forward, "kernel generator: s x s average pool, ceil mode (CPU)");
+  m.def("avg_pool_backward", &bivol::avg_pool_backward, "gradient of avg_pool_forward (CPU)");
 }

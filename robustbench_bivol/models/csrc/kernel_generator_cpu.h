@@ -25,4 +25,9 @@ at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight,
 std::vector<at::Tensor> relu_pointwise_backward(const at::Tensor& grad, const at::Tensor& n, const at::Tensor& weight,
                                                 bool need_input);
 
+// s x s average pool, stride s, ceil mode without padding (a window cut by the edge averages the
+// pixels it covers), and its input gradient (x of size in_h x in_w)
+at::Tensor avg_pool_forward(const at::Tensor& x, int64_t s);
+at::Tensor avg_pool_backward(const at::Tensor& grad, int64_t s, int64_t in_h, int64_t in_w);
+
 }  // namespace bivol
