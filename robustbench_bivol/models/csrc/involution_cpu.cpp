@@ -143,7 +143,6 @@ namespace dot_kernels {  // the aggregation's
 
 using namespace bivol::dot;
 
-
 // The low tap of kernel-row pair m (K - 2 for an odd K's last pair, whose low kernel is zero).
 inline int64_t low_tap(int64_t m, int64_t K) { return std::min(2 * m, K - 2); }
 
@@ -164,8 +163,8 @@ void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbu
         for (int64_t j0 = 0; j0 < wq; j0 += 2 * L) {
           const int64_t cols = std::min<int64_t>(2 * L, g.Wo - j0), at = r * g.Wo + j0;
           typename Vec::i even, odd;
-          Vec::pair(real_lo ? Vec::load_cols(lo + at, cols) : Vec::load_cols(lo, 0), Vec::load_cols(lo + plane + at, cols),
-                    even, odd);
+          Vec::pair(real_lo ? Vec::load_cols(lo + at, cols) : Vec::zeros(), Vec::load_cols(lo + plane + at, cols), even,
+                    odd);
           uint32_t* dst = kbuf + ((u * M + m) * n + r) * wq + j0;
           Vec::store_words(dst, even);
           Vec::store_words(dst + L, odd);
@@ -334,7 +333,8 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
           for (int64_t q0 = 0; q0 < width; q0 += L) {
             const uint16_t* src = xlo + y * xsh + q0 - g.pl;
             Vec::store_words(&xbuf[p * band + a * width + q0],
-                             Vec::interleave(src, g.pl - q0, g.pl - q0 + valid, src + xsc, g.pl - q0, g.pl - q0 + valid));
+                             Vec::interleave(src, g.pl - q0, g.pl - q0 + valid, src + xsc, g.pl - q0,
+                                             g.pl - q0 + valid));
           }
         }
         const uint16_t* glo = gd + (b * g.C + ch) * plane + i0 * g.Wo;
@@ -625,7 +625,8 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
     if (dot_kernels::serves(g))
-      return g.W > 16 ? dot_kernels::grad_input<16>(go, k, gx, g, prior) : dot_kernels::grad_input<8>(go, k, gx, g, prior);
+      return g.W > 16 ? dot_kernels::grad_input<16>(go, k, gx, g, prior)
+                      : dot_kernels::grad_input<8>(go, k, gx, g, prior);
 #endif
   if constexpr (S == 1) {
     grad_input_gather<scalar_t>(go, k, gx, g, prior);
@@ -755,7 +756,7 @@ bool bf16_dot() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation uses the AVX512-BF16 kernels (namespace dot_kernels)");
+  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation runs on AVX512-BF16 (namespace dot_kernels)");
   m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
   m.def("forward_stats", &involution_forward_stats,
         "forward, and with need_stats the outputs' sum and sum of squares per channel, (C, 2) float64 (CPU)");
