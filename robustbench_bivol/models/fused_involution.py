@@ -8,8 +8,10 @@ Why: the pure-torch aggregation (:func:`operators._aggregate_torch`) makes K*K m
 over the output (``addcmul_``); the fused kernel (``csrc/involution_cpu.cpp``; on CUDA
 :mod:`.triton_involution`) reads each input row band once per channel, accumulates the K*K taps
 in fp32 (fp64 for double) and writes the output once; its backward gives the input gradient as a
-gather (no atomics) and the kernel gradient as a reduction over each group's channels. Both
-backends share this module's dispatch (:func:`applies`), dtype promotion and autograd Function.
+gather (no atomics) and the kernel gradient as a reduction over each group's channels. In bf16 at
+stride 1 on CPUs with AVX512-BF16 it multiplies two taps per instruction (``vdpbf16ps``, still
+accumulating in fp32; ``extension().bf16_dot()``). Both backends share this module's dispatch
+(:func:`applies`), dtype promotion and autograd Function.
 
 The CPU extension is compiled at first use with ``torch.utils.cpp_extension`` (ninja and a C++
 compiler; ``-O3 -march=native``) into a cache folder, ``$BIVOL_EXT_DIR`` or
