@@ -172,6 +172,26 @@ void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbu
     }
 }
 
+// One block of 2L output columns of CB channels: even / odd[cc] = the sum over kernel rows u and
+// tap pairs m of the paired kernels at kernel_at(u, m) times the band words at
+// bands + cc * band + offset_at(u, m) (even columns) and one further on (odd columns).
+template <int L, int64_t CB, typename KernelAt, typename OffsetAt>
+inline void dot_block(int64_t K, const uint16_t* bands, int64_t band, const KernelAt& kernel_at,
+                      const OffsetAt& offset_at, typename Simd<L>::f* even, typename Simd<L>::f* odd) {
+  using Vec = Simd<L>;
+  for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
+  for (int64_t u = 0; u < K; ++u)
+    for (int64_t m = 0; m < K / 2 + K % 2; ++m) {
+      const uint32_t* kp = kernel_at(u, m);
+      const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
+      const uint16_t* words = bands + offset_at(u, m);
+      for (int64_t cc = 0; cc < CB; ++cc) {  // past the block's channels: stale or zero values, never stored
+        even[cc] = Vec::dp(even[cc], ke, Vec::load(words + cc * band));
+        odd[cc] = Vec::dp(odd[cc], ko, Vec::load(words + cc * band + 1));
+      }
+    }
+}
+
 template <int L>
 void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Geometry& g, double* sd, int64_t nblocks,
              int64_t rb) {
@@ -199,17 +219,9 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j0 = 0; j0 < g.Wo; j0 += 2 * L) {
             f even[CB], odd[CB];
-            for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
-            for (int64_t u = 0; u < g.K; ++u)
-              for (int64_t m = 0; m < M; ++m) {
-                const uint32_t* kp = &kbuf[((u * M + m) * n + r) * wq + j0];
-                const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
-                const int64_t off = (r + u) * width + j0 + low_tap(m, g.K);
-                for (int64_t cc = 0; cc < CB; ++cc) {  // past nc: stale or zero values, never stored
-                  even[cc] = Vec::dp(even[cc], ke, Vec::load(&xbuf[cc * band + off]));
-                  odd[cc] = Vec::dp(odd[cc], ko, Vec::load(&xbuf[cc * band + off + 1]));
-                }
-              }
+            dot_block<L, CB>(
+                g.K, xbuf.data(), band, [&](int64_t u, int64_t m) { return &kbuf[((u * M + m) * n + r) * wq + j0]; },
+                [&](int64_t u, int64_t m) { return (r + u) * width + j0 + low_tap(m, g.K); }, even, odd);
             const int64_t cols = std::min<int64_t>(2 * L, g.Wo - j0);
             for (int64_t cc = 0; cc < nc; ++cc)
               Vec::store(even[cc], odd[cc], cols, od + (b * g.C + grp * g.gc + c0 + cc) * plane + (i0 + r) * g.Wo + j0);
@@ -274,20 +286,12 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
                     &gbuf[cc * win]);
         for (int64_t r = 0; r < ny; ++r)
           for (int64_t x0 = 0; x0 < g.W; x0 += 2 * L) {
-            f even[CB], odd[CB];
-            for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
-            for (int64_t u = 0; u < g.K; ++u) {
-              const int64_t a = r + span - u;
-              for (int64_t m = 0; m < M; ++m) {
-                const uint32_t* kp = &kbuf[((u * M + m) * rows + a) * wq + x0];
-                const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
-                const int64_t off = a * width + x0 + span - low_tap(m, g.K) - 1;
-                for (int64_t cc = 0; cc < CB; ++cc) {  // past nc: stale or zero values, never stored
-                  even[cc] = Vec::dp(even[cc], ke, Vec::load(&gbuf[cc * win + off]));
-                  odd[cc] = Vec::dp(odd[cc], ko, Vec::load(&gbuf[cc * win + off + 1]));
-                }
-              }
-            }
+            f even[CB], odd[CB];  // window row r + span - u holds kernel row u's output row
+            dot_block<L, CB>(
+                g.K, gbuf.data(), win,
+                [&](int64_t u, int64_t m) { return &kbuf[((u * M + m) * rows + r + span - u) * wq + x0]; },
+                [&](int64_t u, int64_t m) { return (r + span - u) * width + x0 + span - low_tap(m, g.K) - 1; }, even,
+                odd);
             const int64_t cols = std::min<int64_t>(2 * L, g.W - x0);
             for (int64_t cc = 0; cc < nc; ++cc) {
               c10::BFloat16* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
