@@ -126,8 +126,7 @@ def avg_pool(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
     if not (isinstance(pool, nn.AvgPool2d) and pool.kernel_size == pool.stride and pool.ceil_mode
             and pool.padding == 0 and applies(x)):
         return pool(x)
-    dtype = compute_dtype(x)
-    return _AvgPool.apply(x.to(dtype).contiguous(), pool.stride)
+    return _AvgPool.apply(x.contiguous(), pool.stride)  # in x's dtype, as the module (autocast leaves pools alone)
 
 
 def separable(x: torch.Tensor, depthwise: nn.Conv2d | None, pointwise: nn.Conv2d) -> torch.Tensor:
