@@ -14,26 +14,59 @@ constexpr int64_t V = 8;  // output columns per register block (one AVX2 / half 
 inline int64_t round_up(int64_t n, int64_t m = V) { return (n + m - 1) / m * m; }  // n up to a multiple of m
 inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }  // b > 0
 
-// V lanes of T as one GCC vector: accumulators declared this way stay in registers, where gcc
-// spills plain 2-D arrays of them (measured: 2-4x slower loops).
-template <typename T>
-struct Lanes {
-  typedef T type __attribute__((vector_size(V * sizeof(T))));
-};
-template <typename T>
-using vec_t = typename Lanes<T>::type;
+// Lanes of the wide vectors of loops over contiguous values without row structure (1x1 mixes,
+// sums of products over a band): twice V, a whole AVX-512 vector of floats. Row loops keep V,
+// which wastes less on the narrow rows of small maps (8 columns at 8x8).
+constexpr int64_t VW = 2 * V;
 
-template <typename T>
-inline vec_t<T> vload(const T* p) {
-  vec_t<T> v;
+// N lanes of T as one GCC vector: accumulators declared this way stay in registers, where gcc
+// spills plain 2-D arrays of them (measured: 2-4x slower loops).
+template <typename T, int64_t N = V>
+struct Lanes {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <typename T, int64_t N = V>
+using vec_t = typename Lanes<T, N>::type;
+
+template <int64_t N = V, typename T>
+inline vec_t<T, N> vload(const T* p) {
+  vec_t<T, N> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-template <typename T>
-inline void vstore(T* p, const vec_t<T>& v) {
+template <typename T, typename Vec>
+inline void vstore(T* p, const Vec& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+
+// body(lanes, p0) over [0, n) (a multiple of V): VW lanes at a time, then V for the rest;
+// ``lanes`` is a std::integral_constant holding the step.
+template <typename Body>
+inline void wide_loop(int64_t n, const Body& body) {
+  int64_t p0 = 0;
+  for (; p0 + VW <= n; p0 += VW) body(std::integral_constant<int64_t, VW>{}, p0);
+  for (; p0 + V <= n; p0 += V) body(std::integral_constant<int64_t, V>{}, p0);
+}
+
+// A sum of vectors over a wide_loop: one accumulator per lane count, folded into V lanes at the end.
+template <typename T>
+struct WideSum {
+  vec_t<T, VW> wide = {};
+  vec_t<T> narrow = {};
+
+  template <typename Vec>
+  void add(const Vec& v) {
+    if constexpr (sizeof(Vec) == sizeof(wide)) wide += v;
+    else narrow += v;
+  }
+  // Adds the lanes into V sums, sums[q] += lanes q, q + V, ...
+  void fold_into(T* sums) const {
+    vec_t<T> total = vload(sums) + narrow;
+    total += vload(reinterpret_cast<const T*>(&wide)) + vload(reinterpret_cast<const T*>(&wide) + V);
+    vstore(sums, total);
+  }
+};
 
 // n values to opmath. bf16 -> float is a 16-bit shift, written so that gcc vectorises it (its
 // c10::BFloat16 conversion stays scalar: measured 1.3-1.5x slower kernels in bf16 than fp32).
