@@ -80,14 +80,14 @@ class _Separable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, depthwise: torch.Tensor | None, pointwise: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, depthwise, pointwise)
-        return fused_involution.extension().separable_forward(x, depthwise, pointwise, False)[0]
+        return fused_involution.extension().separable_forward(x, depthwise, pointwise, False, False)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, depthwise, pointwise = ctx.saved_tensors
         gx, gd, gp = fused_involution.extension().separable_backward(
-            grad.contiguous(), x, depthwise, pointwise, ctx.needs_input_grad[0], None, None)
+            grad.contiguous(), x, depthwise, pointwise, ctx.needs_input_grad[0], None, None, None)
         return gx, gd if ctx.needs_input_grad[1] else None, gp if ctx.needs_input_grad[2] else None
 
 
@@ -95,14 +95,14 @@ class _ReluPointwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, n: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(n, weight)
-        return fused_involution.extension().relu_pointwise_forward(n, weight, bias)
+        return fused_involution.extension().relu_pointwise_forward(n, weight, bias, None, None)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         n, weight = ctx.saved_tensors
-        gn, gw, gb = fused_involution.extension().relu_pointwise_backward(
-            grad.contiguous(), n, weight, ctx.needs_input_grad[0])
+        gn, gw, gb, _ = fused_involution.extension().relu_pointwise_backward(
+            grad.contiguous(), n, weight, ctx.needs_input_grad[0], None, None)
         return gn, gw if ctx.needs_input_grad[1] else None, gb if ctx.needs_input_grad[2] else None
 
 

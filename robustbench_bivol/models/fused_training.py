@@ -11,12 +11,17 @@ the pool's). A Bi-volution's forward also saves the dynamic BN's statistics pass
 pass and the sum's pass: the aggregation sums its outputs and their squares per channel, and one
 pass adds the normalised result to the static conv's output.
 
+The generator's BN (batch statistics, between the separable pass and the ReLU + span pass) is
+folded into those passes: they sum what its statistics and its backward need and apply its affine
+map as they load, with the channel term's Linear and the BN's own arithmetic done per (example,
+channel) in float64 (see :func:`_generate`). That saves its normalise pass, the channel term's add
+and, in backward, the recomputed forward and both BN passes (bivol_resnet20, bf16 training, one
+thread: ~25 ms of ~580 per step).
+
 What stays torch's: the convolutions of the static branch (oneDNN, forward and
-``convolution_backward``), the BN backward (``native_batch_norm_backward``), and the generator's
-middle (channel term, BN on batch statistics), which backward recomputes from the saved reduced
-features (a quarter of an activation; under the forward's autocast) and differentiates with
-autograd. Backward can run more than once (``retain_graph``). Results equal the separate nodes'
-up to float rounding (tests/test_fused_generator.py, tests/test_fused_training.py).
+``convolution_backward``) and the dynamic BN's backward (``native_batch_norm_backward``), and the
+channel term's Linear in forward. Backward can run more than once (``retain_graph``). Results equal
+the separate nodes' up to float rounding (tests/test_fused_generator.py, tests/test_fused_training.py).
 
 These nodes serve where :func:`involution_applies` / :func:`bivolution_applies` say: training-mode
 BN under grad, stride 1, odd K, every parameter trainable, for Bi-volution no channel change, and the fused
@@ -26,7 +31,6 @@ a Bi-volution, which saves more passes, up to the larger thresholds at any map s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import fused_generator, fused_involution
@@ -40,81 +44,6 @@ def _generator_parameters(module: nn.Module) -> list[nn.Parameter]:
             + [module.bn.weight, module.bn.bias, module.span.weight, module.span.bias])
 
 
-def _channel_term(module: nn.Module, r: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
-    """SAKG's channel information added to the reduced features (``r`` itself without it)."""
-    return r if mean is None else r + module.channel(mean)[:, :, None, None]
-
-
-def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
-    pad = (module.kernel_size - 1) // 2
-    return module.kernel_size, 1, 1, pad, pad
-
-
-def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The kernels of an ``Involution2d`` for a contiguous x, and what backward needs besides x."""
-    ext = fused_involution.extension()
-    opmath = fused_generator.opmath_dtype(x.dtype)
-    b, c, h, w = x.shape
-    wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
-    wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
-    ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
-    r, sums = ext.separable_forward(x, wd, wr, module.channel is not None)
-    mean = None if sums is None else (sums / (h * w)).to(x.dtype)  # as x.mean((2, 3)) would give
-    n = module.bn(_channel_term(module, r, mean)).to(x.dtype).contiguous()  # updates the running statistics
-    kernels = ext.relu_pointwise_forward(n, ws, module.span.bias.detach().to(opmath))
-    return kernels.view(b, module.groups, module.kernel_size ** 2, h, w), [wd, wr, ws, r, mean, n]
-
-
-def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Tensor | None], grad_kernels: torch.Tensor,
-                       grad_x: torch.Tensor | None, autocast: tuple[bool, torch.dtype]) -> tuple[torch.Tensor | None, list]:
-    """Backward of :func:`_generate`: x's gradient added to ``grad_x`` (None: x needs none) and
-    the generator's parameter gradients in :func:`_generator_parameters` order."""
-    ext = fused_involution.extension()
-    wd, wr, ws, r, mean, n = saved
-    gn, gws, gbs = ext.relu_pointwise_backward(grad_kernels.view(n.shape[0], -1, *n.shape[2:]), n, ws, True)
-    leaves = [r.detach().requires_grad_()] + ([] if mean is None else [mean.detach().requires_grad_()])
-    middle = ([] if mean is None else [module.channel.weight, module.channel.bias]) + [module.bn.weight, module.bn.bias]
-    with torch.enable_grad(), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
-        bn = module.bn
-        recomputed = F.batch_norm(_channel_term(module, leaves[0], None if mean is None else leaves[1]), None, None,
-                                  bn.weight, bn.bias, True, 0.0, bn.eps)  # batch statistics, as in forward
-    grads = torch.autograd.grad(recomputed, leaves + middle, gn.to(recomputed.dtype))
-    pool = None if mean is None else (grads[1] / (x.shape[2] * x.shape[3])).to(wr.dtype).contiguous()
-    gx, gwd, gwr = ext.separable_backward(grads[0].to(x.dtype).contiguous(), x, wd, wr, grad_x is not None,
-                                          grad_x, pool)
-    return gx, ([] if wd is None else [gwd]) + [gwr] + list(grads[len(leaves):]) + [gws, gbs]
-
-
-def _shaped(grads: list[torch.Tensor], params: tuple[nn.Parameter, ...], needed: tuple[bool, ...]) -> list:
-    return [g.reshape(p.shape) if need else None for g, p, need in zip(grads, params, needed, strict=True)]
-
-
-def _autocast_state() -> tuple[bool, torch.dtype]:
-    return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
-
-
-class _Involution(torch.autograd.Function):
-    """``involution_aggregate(x, module.generate_kernels(x), K)`` of a stride-1 ``Involution2d``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
-        x = x.contiguous()
-        kernels, saved = _generate(module, x)
-        ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
-        ctx.save_for_backward(x, kernels, *saved)
-        return fused_involution.extension().forward(x, kernels, *_geometry(module))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, kernels, *saved = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
-        gx, gk = fused_involution.extension().backward(grad.to(x.dtype).contiguous(), x, kernels,
-                                                       *_geometry(ctx.module), need_x, True)
-        gx, grads = _generate_backward(ctx.module, x, saved, gk, gx, ctx.autocast)
-        return gx, None, *_shaped(grads, ctx.params, ctx.needs_input_grad[2:])
-
-
 def _bn_statistics(bn: nn.BatchNorm2d, sums: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch mean and 1/std of a BN's input from its per-channel (sum, sum of squares), float64;
     updates the running statistics as ``nn.BatchNorm2d`` does in training (unbiased variance)."""
@@ -126,6 +55,97 @@ def _bn_statistics(bn: nn.BatchNorm2d, sums: torch.Tensor, count: int) -> tuple[
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
         bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
     return mean, torch.rsqrt(var + bn.eps)
+
+
+def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
+    pad = (module.kernel_size - 1) // 2
+    return module.kernel_size, 1, 1, pad, pad
+
+
+def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The kernels of an ``Involution2d`` for a contiguous x, and what backward needs besides x.
+
+    The generator's BN normalises t = r + channel term with batch statistics; it is folded into the
+    passes around it: the separable pass sums r and r^2 per example and channel, from which (and
+    the channel term) come t's statistics, and the ReLU + span pass reads r and applies the BN's
+    per-(example, channel) affine map as it loads, so neither t nor its normalised copy is written."""
+    ext = fused_involution.extension()
+    opmath = fused_generator.opmath_dtype(x.dtype)
+    b, c, h, w = x.shape
+    wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
+    wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
+    ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
+    r, sums, r_sums = ext.separable_forward(x, wd, wr, module.channel is not None, True)
+    mean = None if sums is None else (sums / (h * w)).to(x.dtype)  # as x.mean((2, 3)) would give
+    channel = torch.zeros_like(r_sums[..., 0]) if mean is None else module.channel(mean).detach().double()
+    s1, s2 = r_sums.unbind(-1)  # (B, R): t's sums follow, t = r + channel
+    t_sums = torch.stack([(s1 + h * w * channel).sum(0), (s2 + channel * (2 * s1 + h * w * channel)).sum(0)], 1)
+    t_mean, invstd = _bn_statistics(module.bn, t_sums, b * h * w)  # updates the running statistics
+    gamma = module.bn.weight.detach().double()
+    scale = gamma * invstd
+    shift = (module.bn.bias.detach().double() + scale * (channel - t_mean)).to(opmath)
+    kernels = ext.relu_pointwise_forward(r, ws, module.span.bias.detach().to(opmath), scale.to(opmath), shift)
+    saved = [wd, wr, ws, r, mean, channel, s1, gamma, t_mean, invstd, scale.to(opmath), shift]
+    return kernels.view(b, module.groups, module.kernel_size ** 2, h, w), saved
+
+
+def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Tensor | None], grad_kernels: torch.Tensor,
+                       grad_x: torch.Tensor | None) -> tuple[torch.Tensor | None, list]:
+    """Backward of :func:`_generate`: x's gradient added to ``grad_x`` (None: x needs none) and
+    the generator's parameter gradients in :func:`_generator_parameters` order. The BN's backward
+    (batch statistics) needs per channel the sums of grad n and of grad n * t_hat, which the ReLU +
+    span pass returns per example; r's gradient, a * grad n + q * r + c, is formed as the separable
+    pass loads it."""
+    ext = fused_involution.extension()
+    wd, wr, ws, r, mean, channel, s1, gamma, t_mean, invstd, scale, shift = saved
+    b, _, h, w = r.shape
+    count = b * h * w
+    gn, gws, gbs, gn_sums = ext.relu_pointwise_backward(grad_kernels.view(b, -1, h, w), r, ws, True, scale, shift)
+    g1, g_r = gn_sums.unbind(-1)  # (B, R): sums of grad n and of grad n * r
+    grad_beta = g1.sum(0)
+    grad_gamma = invstd * (g_r.sum(0) + ((channel - t_mean) * g1).sum(0))  # sum of grad n * t_hat
+    a = gamma * invstd
+    q = -a * invstd * grad_gamma / count
+    c = -a * grad_beta / count + q * (channel - t_mean)  # (B, R)
+    bn = module.bn
+    middle = [grad_gamma.to(bn.weight.dtype), grad_beta.to(bn.bias.dtype)]
+    pool = None
+    if mean is not None:  # the channel term channel = Linear(mean): its input's gradient reaches x through the pool
+        grad_channel = a * g1 + q * s1 + h * w * c  # sum over each plane of r's gradient
+        linear = module.channel
+        middle = [(grad_channel.T @ mean.double()).to(linear.weight.dtype), grad_channel.sum(0).to(linear.bias.dtype),
+                  *middle]
+        pool = ((grad_channel @ linear.weight.detach().double()) / (h * w)).to(wr.dtype).contiguous()
+    opmath = wr.dtype
+    gx, gwd, gwr = ext.separable_backward(gn, x, wd, wr, grad_x is not None, grad_x, pool,
+                                          [r, a.to(opmath), q.to(opmath), c.to(opmath).contiguous()])
+    return gx, ([] if wd is None else [gwd]) + [gwr] + middle + [gws, gbs]
+
+
+def _shaped(grads: list[torch.Tensor], params: tuple[nn.Parameter, ...], needed: tuple[bool, ...]) -> list:
+    return [g.reshape(p.shape) if need else None for g, p, need in zip(grads, params, needed, strict=True)]
+
+
+class _Involution(torch.autograd.Function):
+    """``involution_aggregate(x, module.generate_kernels(x), K)`` of a stride-1 ``Involution2d``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
+        x = x.contiguous()
+        kernels, saved = _generate(module, x)
+        ctx.module, ctx.params = module, params
+        ctx.save_for_backward(x, kernels, *saved)
+        return fused_involution.extension().forward(x, kernels, *_geometry(module))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, kernels, *saved = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        gx, gk = fused_involution.extension().backward(grad.to(x.dtype).contiguous(), x, kernels,
+                                                       *_geometry(ctx.module), need_x, True)
+        gx, grads = _generate_backward(ctx.module, x, saved, gk, gx)
+        return gx, None, *_shaped(grads, ctx.params, ctx.needs_input_grad[2:])
 
 
 class _Bivolution(torch.autograd.Function):
@@ -143,7 +163,7 @@ class _Bivolution(torch.autograd.Function):
         opmath = fused_generator.opmath_dtype(x.dtype)
         scale = bn.weight.detach().double() * invstd
         ext.scale_add_(static, aggregated, scale.to(opmath), (bn.bias.detach().double() - mean * scale).to(opmath))
-        ctx.module, ctx.params, ctx.autocast = module, params, _autocast_state()
+        ctx.module, ctx.params = module, params
         weight = module.static.weight.detach().to(static.dtype)
         stats = bn.weight.dtype if bn.weight.dtype == x.dtype else opmath  # as native_batch_norm saves them
         ctx.save_for_backward(x, weight, kernels, aggregated, mean.to(stats), invstd.to(stats), *saved)
@@ -165,7 +185,7 @@ class _Bivolution(torch.autograd.Function):
         gx, gk = fused_involution.extension().backward_prior(
             g_agg.contiguous(), x, kernels, *_geometry(module.dynamic), need_x, True,
             gx.contiguous() if need_x else None)
-        gx, grads = _generate_backward(module.dynamic, x, saved, gk, gx if need_x else None, ctx.autocast)
+        gx, grads = _generate_backward(module.dynamic, x, saved, gk, gx if need_x else None)
         return gx, None, *_shaped([gw, *grads, g_gamma, g_beta], ctx.params, ctx.needs_input_grad[2:])
 
 

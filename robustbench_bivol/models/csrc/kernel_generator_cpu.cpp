@@ -71,6 +71,32 @@ at::Tensor fold_vectors(const std::vector<acc_t>& sums, int64_t n, const at::Ten
   return out;
 }
 
+// Adds to out[0], out[1] the sum of n values as stored (bf16: rounded) and the sum of their
+// products with ``other`` (nullptr: with themselves), in float per call and double across calls:
+// the statistics of a batch norm between two passes (see fused_training.py).
+template <typename scalar_t, typename acc_t>
+void stored_sums(const scalar_t* values, const acc_t* other, int64_t n, double* out) {
+  vec_t<acc_t> sum = {}, prod = {};
+  int64_t p = 0;
+  for (; p + V <= n; p += V) {
+    const vec_t<acc_t> y = vload_opmath<scalar_t, acc_t>(values + p);
+    sum += y;
+    prod += y * (other != nullptr ? vload(other + p) : y);
+  }
+  double a = 0, q = 0;
+  for (; p < n; ++p) {
+    const acc_t y = acc_t(values[p]);
+    a += y;
+    q += double(y) * (other != nullptr ? other[p] : y);
+  }
+  for (int64_t l = 0; l < V; ++l) {
+    a += sum[l];
+    q += prod[l];
+  }
+  out[0] += a;
+  out[1] += q;
+}
+
 int64_t block_rows(int64_t H, int64_t W) { return std::max<int64_t>(1, std::min<int64_t>(H, 512 / std::max<int64_t>(W, 1))); }
 
 struct Sep {
@@ -111,7 +137,7 @@ inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t 
 
 template <typename scalar_t>
 std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Tensor& wd, const at::Tensor& wr,
-                                               const Sep& s, bool need_sums) {
+                                               const Sep& s, bool need_sums, bool need_stats) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor r = at::empty({s.B, s.R, s.H, s.W}, x.options());
   const scalar_t* xd = x.data_ptr<scalar_t>();
@@ -123,6 +149,9 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
   // Channel sums per task (its rows), added in task order below: the result does not depend on threads.
   at::Tensor part = need_sums ? at::zeros({s.B, nblocks, s.C}, wr.options()) : at::Tensor();
   acc_t* pd = need_sums ? part.data_ptr<acc_t>() : nullptr;
+  // r's sums and sums of squares per task and channel, likewise
+  at::Tensor stats = need_stats ? at::zeros({s.B, nblocks, s.R, 2}, x.options().dtype(at::kDouble)) : at::Tensor();
+  double* sd = need_stats ? stats.data_ptr<double>() : nullptr;
   at::parallel_for(0, s.B * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xb(s.C * band), zb(s.C * zband), out(zband);
     for (int64_t t = begin; t < end; ++t) {
@@ -146,10 +175,11 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
         scalar_t* dst = rd + (b * s.R + o) * plane + i0 * s.W;
         for (int64_t rr = 0; rr < n; ++rr)
           from_opmath(&out[rr * s.Wv], s.W, dst + rr * s.W);
+        if (need_stats) stored_sums<scalar_t, acc_t>(dst, nullptr, n * s.W, &sd[(t * s.R + o) * 2]);
       }
     }
   });
-  return {r, need_sums ? part.sum(1) : at::Tensor()};
+  return {r, need_sums ? part.sum(1) : at::Tensor(), need_stats ? stats.sum(1) : at::Tensor()};
 }
 
 // One gradient vector of x: ``g`` plus the channel's ``bias`` plus, with ``prior``, the values
@@ -159,10 +189,37 @@ inline void store_grad(const vec_t<acc_t>& g, int64_t cols, acc_t bias, const sc
   store_lanes<acc_t>(prior != nullptr ? g + bias + load_lanes<acc_t>(prior, cols) : g + bias, cols, dst);
 }
 
+// grad of r on a band, as load_padded (lead 0): with ``bn``, grad[o] = a[o] * gn[o] + q[o] * r[o] +
+// c[b, o] from the gradient of the batch norm's output and r (see BnGrad), else the rows of gr.
+template <typename scalar_t, typename acc_t>
+struct BnGrad {
+  const scalar_t* r;    // (B, R, H, W), or nullptr: the plain gradient
+  const acc_t* a;       // (R)
+  const acc_t* q;       // (R)
+  const acc_t* c;       // (B, R)
+};
+
+template <typename scalar_t, typename acc_t>
+void load_grad_band(const scalar_t* gr, const BnGrad<scalar_t, acc_t>& bn, int64_t b, int64_t o, const Sep& s,
+                    int64_t r0, int64_t n, acc_t* dst, acc_t* tmp) {
+  const int64_t plane = s.H * s.W, at = (b * s.R + o) * plane;
+  load_padded(gr + at, s.H, s.W, r0, n, 0, s.Wv, dst);
+  if (bn.r == nullptr) return;
+  const acc_t a = bn.a[o], q = bn.q[o], c = bn.c[b * s.R + o];
+  for (int64_t rr = 0; rr < n; ++rr) {
+    const int64_t y = r0 + rr;
+    if (y < 0 || y >= s.H) continue;
+    acc_t* row = dst + rr * s.Wv;
+    to_opmath(bn.r + at + y * s.W, s.W, tmp);
+    for (int64_t j = 0; j < s.W; ++j) row[j] = a * row[j] + q * tmp[j] + c;
+  }
+}
+
 template <typename scalar_t>
 std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::Tensor& x, const at::Tensor& wd,
                                                 const at::Tensor& wr, const Sep& s, bool need_x,
-                                                const at::Tensor& gx_prior, const at::Tensor& gx_bias) {
+                                                const at::Tensor& gx_prior, const at::Tensor& gx_bias,
+                                                const BnGrad<scalar_t, at::opmath_type<scalar_t>>& bn) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor gx = !need_x ? at::Tensor() : gx_prior.defined() ? gx_prior : at::empty_like(x);
   const bool prior = gx_prior.defined();
@@ -176,13 +233,13 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
   const int64_t band = (rb + 2) * s.Wp, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
   const int64_t n_wr = s.R * s.C, n_wd = s.dw ? s.C * 9 : 0;  // weight-gradient sums, V lanes each
   std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_wr + n_wd) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
-    std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband);
+    std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband), tmp(s.W);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
       for (int64_t c = 0; c < s.C; ++c)
         load_padded(xd + (b * s.C + c) * plane, s.H, s.W, i0 - 1, n + 2, 1, s.Wp, &xb[c * band]);
       for (int64_t o = 0; o < s.R; ++o)  // grad rows i0 - 1 .. i0 + n, zero outside the image and past W
-        load_padded(gd + (b * s.R + o) * plane, s.H, s.W, i0 - 1, n + 2, 0, s.Wv, &gb[o * gband]);
+        load_grad_band(gd, bn, b, o, s, i0 - 1, n + 2, &gb[o * gband], tmp.data());
       for (int64_t c = 0; c < s.C; ++c) {
         const acc_t* xc = &xb[c * band];
         // grad Wr[o, c] += gr[o] . z[c] over the block's rows
@@ -258,11 +315,15 @@ struct Pw {
 constexpr int64_t kPixelBlock = 256;
 
 // ``np`` pixels of each of ``channels`` planes (plane stride ``P``) into rows of kPixelBlock opmath
-// values, zero from np to npv; ``relu``: max(value, 0).
+// values, zero from np to npv; with ``scale``, value * scale[c] + shift[c] (a batch norm folded
+// in); ``relu``: max(value, 0).
 template <typename scalar_t, typename acc_t>
-void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst) {
+void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst,
+                 const acc_t* scale = nullptr, const acc_t* shift = nullptr) {
   for (int64_t c = 0; c < channels; ++c, src += P, dst += kPixelBlock) {
     to_opmath(src, np, dst);
+    if (scale != nullptr)
+      for (int64_t q = 0; q < np; ++q) dst[q] = dst[q] * scale[c] + shift[c];
     if (relu)
       for (int64_t q = 0; q < np; ++q) dst[q] = std::max(dst[q], acc_t(0));
     std::fill(dst + np, dst + npv, acc_t(0));
@@ -281,9 +342,16 @@ std::vector<acc_t> padded_weight(const acc_t* w, int64_t O, int64_t C) {
   return out;
 }
 
+// The batch norm folded into the ReLU + span passes' input: n = scale[c] * r + shift[b, c].
+template <typename acc_t>
+struct BnInput {
+  const acc_t* scale;  // (C), or nullptr: the input is n itself
+  const acc_t* shift;  // (B, C)
+};
+
 template <typename scalar_t>
 at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws, const at::Tensor& bias, const Pw& s,
-                                       at::IntArrayRef shape) {
+                                       at::IntArrayRef shape, const BnInput<at::opmath_type<scalar_t>>& bn) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor k = at::empty(shape, n.options());
   const scalar_t* nd = n.data_ptr<scalar_t>();
@@ -298,7 +366,8 @@ at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());
+      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data(), bn.scale,
+                  bn.scale != nullptr ? bn.shift + b * s.C : nullptr);
       for (int64_t o0 = 0; o0 < s.O; o0 += OB) {  // each input vector loaded serves OB outputs
         for (int64_t j0 = 0; j0 < npv; j0 += V) {
           vec_t<acc_t> acc[OB];
@@ -317,9 +386,12 @@ at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws
   return k;
 }
 
+// With ``bn``, also the sums of grad_n (as stored) and of grad_n * r per example and channel,
+// (B, C, 2) float64: what the folded batch norm's backward needs.
 template <typename scalar_t>
 std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const at::Tensor& n, const at::Tensor& ws,
-                                                     const Pw& s, bool need_input) {
+                                                     const Pw& s, bool need_input,
+                                                     const BnInput<at::opmath_type<scalar_t>>& bn) {
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor gn = need_input ? at::empty_like(n) : at::Tensor();
   const scalar_t* nd = n.data_ptr<scalar_t>();
@@ -328,12 +400,18 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
   const std::vector<acc_t> w = padded_weight(ws.data_ptr<acc_t>(), s.O, s.C);
   scalar_t* gnd = need_input ? gn.data_ptr<scalar_t>() : nullptr;
   const int64_t nblocks = (s.P + kPixelBlock - 1) / kPixelBlock, n_w = o4 * c4;  // padded sums, cropped below
+  const bool folded = bn.scale != nullptr && need_input;
+  at::Tensor stats = folded ? at::zeros({s.B, nblocks, s.C, 2}, n.options().dtype(at::kDouble)) : at::Tensor();
+  double* sd = folded ? stats.data_ptr<double>() : nullptr;
   std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_w + o4) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
-    std::vector<acc_t> a(c4 * kPixelBlock), g(o4 * kPixelBlock), ga(IB * kPixelBlock);
+    std::vector<acc_t> a(c4 * kPixelBlock), g(o4 * kPixelBlock), ga(IB * kPixelBlock), raw(folded ? s.C * kPixelBlock : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data());  // rows past C stay zero
+      const scalar_t* input = nd + b * s.C * s.P + p0;
+      load_pixels(input, s.C, s.P, np, npv, true, a.data(), bn.scale,  // rows past C stay zero
+                  bn.scale != nullptr ? bn.shift + b * s.C : nullptr);
+      if (folded) load_pixels(input, s.C, s.P, np, npv, false, raw.data());
       load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());  // rows past O stay zero
       for (int64_t o0 = 0; o0 < o4; o0 += OB)  // grad W[o, c] = g[o] . a[c]; grad bias[o] = sum g[o]
         for (int64_t c0 = 0; c0 < c4; c0 += IB) {
@@ -371,7 +449,9 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
           const acc_t* src = &a[c * kPixelBlock];  // max(n, 0): positive exactly where n was
           acc_t* gac = &ga[i * kPixelBlock];
           for (int64_t q = 0; q < np; ++q) gac[q] = src[q] > acc_t(0) ? gac[q] : acc_t(0);
-          from_opmath(gac, np, gnd + (b * s.C + c) * s.P + p0);
+          scalar_t* dst = gnd + (b * s.C + c) * s.P + p0;
+          from_opmath(gac, np, dst);
+          if (folded) stored_sums<scalar_t, acc_t>(dst, &raw[c * kPixelBlock], np, &sd[(t * s.C + c) * 2]);
         }
       }
     }
@@ -383,7 +463,8 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
     std::copy(&sums[(n_w + o) * V], &sums[(n_w + o + 1) * V], &bsum[o * V]);
   }
   const at::TensorOptions wopt = ws.options();
-  return {gn, fold_vectors(wsum, s.O * s.C, wopt, {s.O, s.C}), fold_vectors(bsum, s.O, wopt, {s.O})};
+  return {gn, fold_vectors(wsum, s.O * s.C, wopt, {s.O, s.C}), fold_vectors(bsum, s.O, wopt, {s.O}),
+          folded ? stats.sum(1) : at::Tensor()};
 }
 
 void check_activation(const at::Tensor& t, const char* what) {
@@ -461,7 +542,7 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad, int64_t s, int64_t H, 
 }  // namespace
 
 std::vector<at::Tensor> separable_forward(const at::Tensor& x, const c10::optional<at::Tensor>& depthwise,
-                                          const at::Tensor& pointwise, bool need_sums) {
+                                          const at::Tensor& pointwise, bool need_sums, bool need_stats) {
   check_activation(x, "x");
   check_weight(pointwise, x, "the pointwise weight");
   const bool dw = depthwise.has_value();
@@ -473,14 +554,15 @@ std::vector<at::Tensor> separable_forward(const at::Tensor& x, const c10::option
   std::vector<at::Tensor> out;
   const at::Tensor wd = dw ? *depthwise : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_forward",
-                                 [&] { out = separable_forward_impl<scalar_t>(x, wd, pointwise, s, need_sums); });
+                                 [&] { out = separable_forward_impl<scalar_t>(x, wd, pointwise, s, need_sums, need_stats); });
   return out;
 }
 
 std::vector<at::Tensor> separable_backward(const at::Tensor& grad, const at::Tensor& x,
                                            const c10::optional<at::Tensor>& depthwise, const at::Tensor& pointwise,
                                            bool need_input, const c10::optional<at::Tensor>& grad_x_prior,
-                                           const c10::optional<at::Tensor>& grad_x_bias) {
+                                           const c10::optional<at::Tensor>& grad_x_bias,
+                                           const c10::optional<std::vector<at::Tensor>>& bn) {
   check_activation(x, "x");
   check_activation(grad, "grad");
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "fused kernel generator: grad and x differ in dtype");
@@ -498,14 +580,48 @@ std::vector<at::Tensor> separable_backward(const at::Tensor& grad, const at::Ten
   const bool dw = depthwise.has_value();
   const int64_t Wv = round_up(x.size(3));
   const Sep s{x.size(0), x.size(1), x.size(2), x.size(3), pointwise.size(0), Wv, Wv + 2, dw};
+  if (bn.has_value()) {
+    TORCH_CHECK(bn->size() == 4, "fused kernel generator: bn is (r, a, q, c)");
+    check_activation((*bn)[0], "r");
+    TORCH_CHECK((*bn)[0].sizes() == grad.sizes() && (*bn)[0].scalar_type() == x.scalar_type(),
+                "fused kernel generator: r must match grad");
+    for (int64_t i = 1; i < 4; ++i)
+      TORCH_CHECK((*bn)[i].is_contiguous() && (*bn)[i].numel() == (i < 3 ? 1 : grad.size(0)) * grad.size(1) &&
+                      (*bn)[i].scalar_type() == at::toOpMathType(x.scalar_type()),
+                  "fused kernel generator: a, q must be (R) and c (B, R) in x's opmath dtype");
+  }
   std::vector<at::Tensor> out;
   const at::Tensor wd = dw ? *depthwise : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_backward",
-                                 [&] { out = separable_backward_impl<scalar_t>(grad, x, wd, pointwise, s, need_input, prior, bias); });
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "separable_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    BnGrad<scalar_t, acc_t> folded{nullptr, nullptr, nullptr, nullptr};
+    if (bn.has_value())
+      folded = {(*bn)[0].data_ptr<scalar_t>(), (*bn)[1].data_ptr<acc_t>(), (*bn)[2].data_ptr<acc_t>(),
+                (*bn)[3].data_ptr<acc_t>()};
+    out = separable_backward_impl<scalar_t>(grad, x, wd, pointwise, s, need_input, prior, bias, folded);
+  });
   return out;
 }
 
-at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight, const at::Tensor& bias) {
+namespace {
+
+// The folded batch norm's (scale (C), shift (B, C)) of the ReLU + span passes, checked against n.
+template <typename acc_t>
+BnInput<acc_t> bn_input(const at::Tensor& n, const c10::optional<at::Tensor>& scale,
+                        const c10::optional<at::Tensor>& shift) {
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "fused kernel generator: give scale and shift together");
+  if (!scale.has_value()) return {nullptr, nullptr};
+  const auto opmath = at::toOpMathType(n.scalar_type());
+  TORCH_CHECK(scale->is_contiguous() && scale->numel() == n.size(1) && scale->scalar_type() == opmath &&
+                  shift->is_contiguous() && shift->numel() == n.size(0) * n.size(1) && shift->scalar_type() == opmath,
+              "fused kernel generator: scale must be (C) and shift (B, C) in the input's opmath dtype");
+  return {scale->data_ptr<acc_t>(), shift->data_ptr<acc_t>()};
+}
+
+}  // namespace
+
+at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight, const at::Tensor& bias,
+                                  const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift) {
   check_activation(n, "input");
   check_weight(weight, n, "the weight");
   check_weight(bias, n, "the bias");
@@ -514,20 +630,24 @@ at::Tensor relu_pointwise_forward(const at::Tensor& n, const at::Tensor& weight,
   const Pw s{n.size(0), n.size(1), weight.size(0), n.size(2) * n.size(3)};
   at::Tensor k;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, n.scalar_type(), "relu_pointwise_forward", [&] {
-    k = relu_pointwise_forward_impl<scalar_t>(n, weight, bias, s, {s.B, s.O, n.size(2), n.size(3)});
+    k = relu_pointwise_forward_impl<scalar_t>(n, weight, bias, s, {s.B, s.O, n.size(2), n.size(3)},
+                                              bn_input<at::opmath_type<scalar_t>>(n, scale, shift));
   });
   return k;
 }
 
 std::vector<at::Tensor> relu_pointwise_backward(const at::Tensor& grad, const at::Tensor& n, const at::Tensor& weight,
-                                                bool need_input) {
+                                                bool need_input, const c10::optional<at::Tensor>& scale,
+                                                const c10::optional<at::Tensor>& shift) {
   check_activation(n, "input");
   check_activation(grad, "grad");
   TORCH_CHECK(grad.scalar_type() == n.scalar_type(), "fused kernel generator: grad and input differ in dtype");
   const Pw s{n.size(0), n.size(1), weight.size(0), n.size(2) * n.size(3)};
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, n.scalar_type(), "relu_pointwise_backward",
-                                 [&] { out = relu_pointwise_backward_impl<scalar_t>(grad, n, weight, s, need_input); });
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, n.scalar_type(), "relu_pointwise_backward", [&] {
+    out = relu_pointwise_backward_impl<scalar_t>(grad, n, weight, s, need_input,
+                                                 bn_input<at::opmath_type<scalar_t>>(n, scale, shift));
+  });
   return out;
 }
 
