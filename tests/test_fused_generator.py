@@ -53,6 +53,46 @@ def test_relu_pointwise_gradcheck(c, o, h, w):
                                     (n.requires_grad_(), weight, bias))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("c,r,h,w", [(16, 4, 11, 9), (8, 2, 5, 17), (32, 8, 8, 8)])
+def test_folded_batchnorm_options(dtype, c, r, h, w):
+    """The passes' batch-norm options (fused_training.py folds the generator's BN with them): r's
+    sums as stored; the ReLU + span pass on scale * r + shift, and the sums of grad n as stored
+    and of grad n * r; the separable backward on a * grad + q * r + c. Against torch on the same
+    stored values, computed in float64."""
+    ext = fused_involution.extension()
+    opmath = fused_generator.opmath_dtype(dtype)
+    b, o = 3, 9
+    x = torch.randn(b, c, h, w).to(dtype)
+    wd, wr = torch.randn(c, 9, dtype=opmath), torch.randn(r, c, dtype=opmath)
+    r_out, _, r_sums = ext.separable_forward(x, wd, wr, False, True)
+    rd = r_out.double()
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(r_sums, torch.stack([rd.sum((2, 3)), (rd * rd).sum((2, 3))], -1), **tol)
+
+    scale, shift = torch.randn(r, dtype=opmath), torch.randn(b, r, dtype=opmath)
+    ws, bs = torch.randn(o, r, dtype=opmath), torch.randn(o, dtype=opmath)
+    n = (scale.double()[:, None, None] * rd + shift.double()[:, :, None, None]).clamp_min(0)
+    kernels = ext.relu_pointwise_forward(r_out, ws, bs, scale, shift)
+    want = torch.einsum("oc,bchw->bohw", ws.double(), n) + bs.double()[:, None, None]
+    torch.testing.assert_close(kernels.double(), want, **(tol if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)))
+
+    gk = torch.randn(b, o, h, w).to(dtype)
+    gn, _, _, gn_sums = ext.relu_pointwise_backward(gk, r_out, ws, True, scale, shift)
+    gnd = gn.double()
+    torch.testing.assert_close(gn_sums, torch.stack([gnd.sum((2, 3)), (gnd * rd).sum((2, 3))], -1), **tol)
+
+    a, q, cc = torch.randn(r, dtype=opmath), torch.randn(r, dtype=opmath), torch.randn(b, r, dtype=opmath)
+    g_r = (a.double()[:, None, None] * gnd + q.double()[:, None, None] * rd + cc.double()[:, :, None, None]).to(dtype)
+    got = ext.separable_backward(gn, x, wd, wr, True, None, None, [r_out, a, q, cc])
+    want = ext.separable_backward(g_r.contiguous(), x, wd, wr, True, None, None, None)
+    for g, w_ in zip(got, want, strict=True):  # bf16: want's r gradient was rounded to bf16, got's is not
+        if dtype == torch.float64:
+            torch.testing.assert_close(g, w_, **tol)
+        else:
+            assert ((g.double() - w_.double()).norm() / w_.double().norm()).item() < 1e-2
+
+
 def _generator_outputs_and_grads(module: Involution2d, x: torch.Tensor) -> list[torch.Tensor]:
     kernels = module.generate_kernels(x)
     grad = torch.randn(kernels.shape, generator=torch.Generator().manual_seed(3)).to(kernels.dtype)
