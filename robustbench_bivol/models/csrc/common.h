@@ -7,7 +7,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+#if defined(__AVX512BF16__) && defined(__AVX512VL__) && defined(__AVX512BW__)
 // float -> bf16 in one instruction (vcvtneps2bf16) where -march=native has AVX512-BF16: round to
 // nearest even as c10, but denormal floats become zero and a NaN keeps its sign. The portable
 // form's bf16 stores were ~14% of the separable backward's time (perf); bivol_resnet20's bf16
