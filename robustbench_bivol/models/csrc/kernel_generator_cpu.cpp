@@ -316,12 +316,13 @@ constexpr int64_t kPixelBlock = 256;
 
 // ``np`` pixels of each of ``channels`` planes (plane stride ``P``) into rows of kPixelBlock opmath
 // values, zero from np to npv; with ``scale``, value * scale[c] + shift[c] (a batch norm folded
-// in); ``relu``: max(value, 0).
+// in), and with ``raw`` also the values before it (its first np of each row); ``relu``: max(value, 0).
 template <typename scalar_t, typename acc_t>
 void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst,
-                 const acc_t* scale = nullptr, const acc_t* shift = nullptr) {
+                 const acc_t* scale = nullptr, const acc_t* shift = nullptr, acc_t* raw = nullptr) {
   for (int64_t c = 0; c < channels; ++c, src += P, dst += kPixelBlock) {
     to_opmath(src, np, dst);
+    if (raw != nullptr) std::copy(dst, dst + np, raw + c * kPixelBlock);
     if (scale != nullptr)
       for (int64_t q = 0; q < np; ++q) dst[q] = dst[q] * scale[c] + shift[c];
     if (relu)
@@ -408,10 +409,8 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
       const int64_t npv = round_up(np);
-      const scalar_t* input = nd + b * s.C * s.P + p0;
-      load_pixels(input, s.C, s.P, np, npv, true, a.data(), bn.scale,  // rows past C stay zero
-                  bn.scale != nullptr ? bn.shift + b * s.C : nullptr);
-      if (folded) load_pixels(input, s.C, s.P, np, npv, false, raw.data());
+      load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data(), bn.scale,  // rows past C stay zero
+                  bn.scale != nullptr ? bn.shift + b * s.C : nullptr, folded ? raw.data() : nullptr);
       load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());  // rows past O stay zero
       for (int64_t o0 = 0; o0 < o4; o0 += OB)  // grad W[o, c] = g[o] . a[c]; grad bias[o] = sum g[o]
         for (int64_t c0 = 0; c0 < c4; c0 += IB) {
