@@ -117,39 +117,45 @@ inline void from_opmath(const acc_t* src, int64_t n, scalar_t* dst) {
   }
 }
 
-// V values of scalar_t as one opmath vector, and back (bf16 rounded as from_opmath): whole-vector
+// N values of scalar_t as one opmath vector, and back (bf16 rounded as from_opmath): whole-vector
 // forms of to_opmath / from_opmath, for loops where gcc would not vectorise the element loops.
-template <typename scalar_t, typename acc_t>
-inline vec_t<acc_t> vload_opmath(const scalar_t* p) {
+template <typename scalar_t, typename acc_t, int64_t N = V>
+inline vec_t<acc_t, N> vload_opmath(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
-    typedef uint16_t half_bits __attribute__((vector_size(V * 2)));
-    typedef uint32_t bits __attribute__((vector_size(V * 4)));
+    using half_bits = vec_t<uint16_t, N>;
+    using bits = vec_t<uint32_t, N>;
     half_bits h;
     std::memcpy(&h, p, sizeof(h));
     const bits w = __builtin_convertvector(h, bits) << 16;
-    vec_t<acc_t> v;
+    vec_t<acc_t, N> v;
     std::memcpy(&v, &w, sizeof(v));
     return v;
   } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return vload(p);
+    return vload<N>(p);
   } else {
-    acc_t lanes[V];
-    to_opmath(p, V, lanes);
-    return vload(lanes);
+    acc_t lanes[N];
+    to_opmath(p, N, lanes);
+    return vload<N>(lanes);
   }
 }
 
-template <typename scalar_t, typename acc_t>
-inline void vstore_from_opmath(scalar_t* p, const vec_t<acc_t>& v) {
+template <typename scalar_t, typename acc_t, int64_t N = V>
+inline void vstore_from_opmath(scalar_t* p, const vec_t<acc_t, N>& v) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
 #ifdef BIVOL_CVT_BF16
-    static_assert(V == 8, "one 256-bit vector of floats");
-    __m256 f;
-    std::memcpy(&f, &v, sizeof(f));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(f)));
+    static_assert(N == 8 || N == 16, "one 256- or 512-bit vector of floats");
+    if constexpr (N == 8) {
+      __m256 f;
+      std::memcpy(&f, &v, sizeof(f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(f)));
+    } else {
+      __m512 f;
+      std::memcpy(&f, &v, sizeof(f));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(f)));
+    }
 #else
-    typedef uint16_t half_bits __attribute__((vector_size(V * 2)));
-    typedef uint32_t bits __attribute__((vector_size(V * 4)));
+    using half_bits = vec_t<uint16_t, N>;
+    using bits = vec_t<uint32_t, N>;
     bits u;
     std::memcpy(&u, &v, sizeof(u));
     const bits rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
@@ -160,9 +166,9 @@ inline void vstore_from_opmath(scalar_t* p, const vec_t<acc_t>& v) {
   } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
     vstore(p, v);
   } else {
-    acc_t lanes[V];
+    acc_t lanes[N];
     vstore(lanes, v);
-    from_opmath(lanes, V, p);
+    from_opmath(lanes, N, p);
   }
 }
 
@@ -178,23 +184,23 @@ inline vec_t<acc_t> as_stored(const vec_t<acc_t>& v) {
   }
 }
 
-// ``cols`` (<= V) values as an opmath vector, zeros past them: a whole-vector load when cols == V.
-template <typename acc_t, typename scalar_t>
-inline vec_t<acc_t> load_lanes(const scalar_t* src, int64_t cols) {
-  if (cols == V) return vload_opmath<scalar_t, acc_t>(src);
-  acc_t lanes[V] = {};
+// ``cols`` (<= N) values as an opmath vector, zeros past them: a whole-vector load when cols == N.
+template <typename acc_t, int64_t N = V, typename scalar_t>
+inline vec_t<acc_t, N> load_lanes(const scalar_t* src, int64_t cols) {
+  if (cols == N) return vload_opmath<scalar_t, acc_t, N>(src);
+  acc_t lanes[N] = {};
   to_opmath(src, cols, lanes);
-  return vload(lanes);
+  return vload<N>(lanes);
 }
 
-// The first ``cols`` (<= V) lanes of ``v`` into dst: a whole-vector store when cols == V.
-template <typename acc_t, typename scalar_t>
-inline void store_lanes(const vec_t<acc_t>& v, int64_t cols, scalar_t* dst) {
-  if (cols == V) {
-    vstore_from_opmath<scalar_t, acc_t>(dst, v);
+// The first ``cols`` (<= N) lanes of ``v`` into dst: a whole-vector store when cols == N.
+template <typename acc_t, int64_t N = V, typename scalar_t>
+inline void store_lanes(const vec_t<acc_t, N>& v, int64_t cols, scalar_t* dst) {
+  if (cols == N) {
+    vstore_from_opmath<scalar_t, acc_t, N>(dst, v);
     return;
   }
-  acc_t lanes[V];
+  acc_t lanes[N];
   vstore(lanes, v);
   from_opmath(lanes, cols, dst);
 }

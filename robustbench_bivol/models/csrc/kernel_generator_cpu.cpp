@@ -105,21 +105,44 @@ struct Sep {
 };
 
 // out[p] = sum_c w[c * wstride] * in[c * istride + p] for p < n (a multiple of V): a 1x1 conv of one band.
+// Four vectors at a time where n allows: one accumulator alone is a chain of ``channels`` FMAs,
+// each waiting on the one before.
 template <typename acc_t>
 inline void mix_channels(const acc_t* w, int64_t wstride, const acc_t* in, int64_t istride, int64_t channels,
                          int64_t n, acc_t* out) {
-  wide_loop(n, [&](auto lanes, int64_t p0) {
+  constexpr int64_t U = 4;
+  int64_t p0 = 0;
+  for (; p0 + U * VW <= n; p0 += U * VW) {
+    vec_t<acc_t, VW> acc[U] = {};
+    for (int64_t c = 0; c < channels; ++c) {
+      const acc_t wc = w[c * wstride];
+      for (int64_t k = 0; k < U; ++k) acc[k] += wc * vload<VW>(in + c * istride + p0 + k * VW);
+    }
+    for (int64_t k = 0; k < U; ++k) vstore(out + p0 + k * VW, acc[k]);
+  }
+  wide_loop(n - p0, [&](auto lanes, int64_t q0) {
     constexpr int64_t N = decltype(lanes)::value;
     vec_t<acc_t, N> acc = {};
-    for (int64_t c = 0; c < channels; ++c) acc += w[c * wstride] * vload<N>(in + c * istride + p0);
-    vstore(out + p0, acc);
+    for (int64_t c = 0; c < channels; ++c) acc += w[c * wstride] * vload<N>(in + c * istride + p0 + q0);
+    vstore(out + p0 + q0, acc);
   });
 }
+
+// A channel's nine depth-wise weights copied into the loop's own variables: read through the weight
+// pointer, gcc reloads them on every vector, as any store in the loop might have changed them.
+template <typename acc_t>
+struct Taps {
+  acc_t w[9] = {};
+  explicit Taps(const acc_t* wd) {
+    if (wd != nullptr) std::copy(wd, wd + 9, w);
+  }
+};
 
 // z of one channel on band rows 1..n into rows of Wv (band row rr <-> image row i0 - 1 + rr; x band
 // column q <-> image column q - 1): the depth-wise 3x3, or x itself without it.
 template <typename acc_t>
 inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t wv, int64_t wp, acc_t* z) {
+  const Taps<acc_t> taps(wd);
   for (int64_t rr = 1; rr <= n; ++rr, z += wv) {
     if (wd == nullptr) {
       std::copy(xb + rr * wp + 1, xb + rr * wp + 1 + wv, z);
@@ -129,7 +152,7 @@ inline void depthwise_band(const acc_t* xb, const acc_t* wd, int64_t n, int64_t 
       constexpr int64_t N = decltype(lanes)::value;
       vec_t<acc_t, N> acc = {};
       for (int64_t u = 0; u < 3; ++u)
-        for (int64_t v = 0; v < 3; ++v) acc += wd[u * 3 + v] * vload<N>(xb + (rr - 1 + u) * wp + j0 + v);
+        for (int64_t v = 0; v < 3; ++v) acc += taps.w[u * 3 + v] * vload<N>(xb + (rr - 1 + u) * wp + j0 + v);
       vstore(z + j0, acc);
     });
   }
@@ -184,9 +207,9 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
 
 // One gradient vector of x: ``g`` plus the channel's ``bias`` plus, with ``prior``, the values
 // already there (the same cells of another gradient of x), rounded once into ``dst``.
-template <typename scalar_t, typename acc_t>
-inline void store_grad(const vec_t<acc_t>& g, int64_t cols, acc_t bias, const scalar_t* prior, scalar_t* dst) {
-  store_lanes<acc_t>(prior != nullptr ? g + bias + load_lanes<acc_t>(prior, cols) : g + bias, cols, dst);
+template <int64_t N, typename scalar_t, typename acc_t>
+inline void store_grad(const vec_t<acc_t, N>& g, int64_t cols, acc_t bias, const scalar_t* prior, scalar_t* dst) {
+  store_lanes<acc_t, N>(prior != nullptr ? g + bias + load_lanes<acc_t, N>(prior, cols) : g + bias, cols, dst);
 }
 
 // grad of r on a band, as load_padded (lead 0): with ``bn``, grad[o] = a[o] * gn[o] + q[o] * r[o] +
@@ -284,17 +307,19 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
         if (!need_x) continue;
         scalar_t* dst = gxd + (b * s.C + c) * plane + i0 * s.W;
         const acc_t bias = biasd != nullptr ? biasd[b * s.C + c] : acc_t(0);
+        const Taps<acc_t> taps(s.dw ? wdd + c * 9 : nullptr);
         for (int64_t rr = 1; rr <= n; ++rr, dst += s.W)
-          for (int64_t j0 = 0; j0 < s.Wv; j0 += V) {  // grad x[c]: the 3x3 taps applied to gz, flipped
-            vec_t<acc_t> g = {};
+          wide_loop(s.Wv, [&](auto lanes, int64_t j0) {  // grad x[c]: the 3x3 taps applied to gz, flipped
+            constexpr int64_t N = decltype(lanes)::value;
+            vec_t<acc_t, N> g = {};
             if (s.dw)
               for (int64_t u = 0; u < 3; ++u)
-                for (int64_t v = 0; v < 3; ++v) g += wdd[c * 9 + u * 3 + v] * vload(&gz[(rr + 1 - u) * s.Wp + j0 + 2 - v]);
+                for (int64_t v = 0; v < 3; ++v) g += taps.w[u * 3 + v] * vload<N>(&gz[(rr + 1 - u) * s.Wp + j0 + 2 - v]);
             else
-              g = vload(&gz[rr * s.Wp + 1 + j0]);
-            const int64_t cols = std::min(V, s.W - j0);
-            store_grad(g, cols, bias, prior ? dst + j0 : nullptr, dst + j0);
-          }
+              g = vload<N>(&gz[rr * s.Wp + 1 + j0]);
+            const int64_t cols = std::min(N, s.W - j0);
+            store_grad<N>(g, cols, bias, prior ? dst + j0 : nullptr, dst + j0);
+          });
       }
     }
   });
