@@ -657,9 +657,10 @@ void scale_add_impl(at::Tensor& out, const at::Tensor& y, const at::Tensor& scal
       const acc_t ac = a[bc % C], bias = sh[bc % C];
       scalar_t* o = od + bc * plane;
       const scalar_t* src = yd + bc * plane;
-      for (int64_t p = 0; p < plane; p += V) {
-        const int64_t cols = std::min(V, plane - p);
-        store_lanes<acc_t>(load_lanes<acc_t>(o + p, cols) + ac * load_lanes<acc_t>(src + p, cols) + bias, cols, o + p);
+      for (int64_t p = 0; p < plane; p += bivol::VW) {
+        const int64_t cols = std::min(bivol::VW, plane - p);
+        store_lanes<acc_t, bivol::VW>(
+            load_lanes<acc_t, bivol::VW>(o + p, cols) + ac * load_lanes<acc_t, bivol::VW>(src + p, cols) + bias, cols, o + p);
       }
     }
   });
