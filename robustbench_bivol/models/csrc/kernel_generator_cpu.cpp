@@ -338,21 +338,30 @@ struct Pw {
 };
 
 constexpr int64_t kPixelBlock = 256;
+static_assert(kPixelBlock % VW == 0, "the passes run VW-lane vectors over a block");
 
 // ``np`` pixels of each of ``channels`` planes (plane stride ``P``) into rows of kPixelBlock opmath
-// values, zero from np to npv; with ``scale``, value * scale[c] + shift[c] (a batch norm folded
-// in), and with ``raw`` also the values before it (its first np of each row); ``relu``: max(value, 0).
+// values, zero from np to npv (a multiple of VW); with ``scale``, value * scale[c] + shift[c] (a
+// batch norm folded in), and with ``raw`` also the values before it; ``relu``: max(value, 0). One
+// pass of VW-lane vectors per row: as separate element loops (convert, scale, ReLU, zero tail)
+// gcc vectorised each on its own, at 8 lanes.
 template <typename scalar_t, typename acc_t>
 void load_pixels(const scalar_t* src, int64_t channels, int64_t P, int64_t np, int64_t npv, bool relu, acc_t* dst,
                  const acc_t* scale = nullptr, const acc_t* shift = nullptr, acc_t* raw = nullptr) {
+  using lanes_t = vec_t<acc_t, VW>;
+  using index_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;  // lanes as wide as acc_t's
+  vec_t<index_t, VW> lane = {};
+  for (int64_t l = 0; l < VW; ++l) lane[l] = index_t(l);
   for (int64_t c = 0; c < channels; ++c, src += P, dst += kPixelBlock) {
-    to_opmath(src, np, dst);
-    if (raw != nullptr) std::copy(dst, dst + np, raw + c * kPixelBlock);
-    if (scale != nullptr)
-      for (int64_t q = 0; q < np; ++q) dst[q] = dst[q] * scale[c] + shift[c];
-    if (relu)
-      for (int64_t q = 0; q < np; ++q) dst[q] = std::max(dst[q], acc_t(0));
-    std::fill(dst + np, dst + npv, acc_t(0));
+    for (int64_t q = 0; q < npv; q += VW) {
+      const int64_t cols = std::min<int64_t>(VW, np - q);
+      lanes_t v = load_lanes<acc_t, VW>(src + q, cols);
+      if (raw != nullptr) vstore(raw + c * kPixelBlock + q, v);
+      if (scale != nullptr) v = v * scale[c] + shift[c];
+      if (relu) v = v > acc_t(0) ? v : lanes_t{};
+      if (cols < VW) v = lane < index_t(cols) ? v : lanes_t{};
+      vstore(dst + q, v);
+    }
   }
 }
 
@@ -391,15 +400,15 @@ at::Tensor relu_pointwise_forward_impl(const at::Tensor& n, const at::Tensor& ws
     std::vector<acc_t> a(c4 * kPixelBlock), out(OB * kPixelBlock);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
-      const int64_t npv = round_up(np);
+      const int64_t npv = round_up(np, VW);
       load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data(), bn.scale,
                   bn.scale != nullptr ? bn.shift + b * s.C : nullptr);
       for (int64_t o0 = 0; o0 < s.O; o0 += OB) {  // each input vector loaded serves OB outputs
-        for (int64_t j0 = 0; j0 < npv; j0 += V) {
-          vec_t<acc_t> acc[OB];
-          for (int64_t e = 0; e < OB; ++e) acc[e] = vec_t<acc_t>{} + bd[o0 + e];
+        for (int64_t j0 = 0; j0 < npv; j0 += VW) {
+          vec_t<acc_t, VW> acc[OB];
+          for (int64_t e = 0; e < OB; ++e) acc[e] = vec_t<acc_t, VW>{} + bd[o0 + e];
           for (int64_t c = 0; c < s.C; ++c) {
-            const vec_t<acc_t> av = vload(&a[c * kPixelBlock + j0]);
+            const vec_t<acc_t, VW> av = vload<VW>(&a[c * kPixelBlock + j0]);
             for (int64_t e = 0; e < OB; ++e) acc[e] += w[(o0 + e) * c4 + c] * av;
           }
           for (int64_t e = 0; e < OB; ++e) vstore(&out[e * kPixelBlock + j0], acc[e]);
@@ -433,37 +442,37 @@ std::vector<at::Tensor> relu_pointwise_backward_impl(const at::Tensor& gk, const
     std::vector<acc_t> a(c4 * kPixelBlock), g(o4 * kPixelBlock), ga(IB * kPixelBlock), raw(folded ? s.C * kPixelBlock : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, p0 = (t % nblocks) * kPixelBlock, np = std::min(kPixelBlock, s.P - p0);
-      const int64_t npv = round_up(np);
+      const int64_t npv = round_up(np, VW);
       load_pixels(nd + b * s.C * s.P + p0, s.C, s.P, np, npv, true, a.data(), bn.scale,  // rows past C stay zero
                   bn.scale != nullptr ? bn.shift + b * s.C : nullptr, folded ? raw.data() : nullptr);
       load_pixels(gd + b * s.O * s.P + p0, s.O, s.P, np, npv, false, g.data());  // rows past O stay zero
       for (int64_t o0 = 0; o0 < o4; o0 += OB)  // grad W[o, c] = g[o] . a[c]; grad bias[o] = sum g[o]
         for (int64_t c0 = 0; c0 < c4; c0 += IB) {
-          vec_t<acc_t> acc[OB][IB] = {}, accb[OB] = {};
-          for (int64_t j0 = 0; j0 < npv; j0 += V) {
-            vec_t<acc_t> av[IB];
-            for (int64_t i = 0; i < IB; ++i) av[i] = vload(&a[(c0 + i) * kPixelBlock + j0]);
+          vec_t<acc_t, VW> acc[OB][IB] = {}, accb[OB] = {};
+          for (int64_t j0 = 0; j0 < npv; j0 += VW) {
+            vec_t<acc_t, VW> av[IB];
+            for (int64_t i = 0; i < IB; ++i) av[i] = vload<VW>(&a[(c0 + i) * kPixelBlock + j0]);
             for (int64_t e = 0; e < OB; ++e) {
-              const vec_t<acc_t> gv = vload(&g[(o0 + e) * kPixelBlock + j0]);
+              const vec_t<acc_t, VW> gv = vload<VW>(&g[(o0 + e) * kPixelBlock + j0]);
               accb[e] += gv;
               for (int64_t i = 0; i < IB; ++i) acc[e][i] += gv * av[i];
             }
           }
-          for (int64_t e = 0; e < OB; ++e) {
+          for (int64_t e = 0; e < OB; ++e) {  // each sum's VW lanes folded into its V
             for (int64_t i = 0; i < IB; ++i) {
               acc_t* p = part + ((o0 + e) * c4 + c0 + i) * V;
-              for (int64_t q = 0; q < V; ++q) p[q] += acc[e][i][q];
+              for (int64_t q = 0; q < V; ++q) p[q] += acc[e][i][q] + acc[e][i][q + V];
             }
             if (c0 == 0)
-              for (int64_t q = 0; q < V; ++q) part[(n_w + o0 + e) * V + q] += accb[e][q];
+              for (int64_t q = 0; q < V; ++q) part[(n_w + o0 + e) * V + q] += accb[e][q] + accb[e][q + V];
           }
         }
       if (!need_input) continue;
       for (int64_t c0 = 0; c0 < s.C; c0 += IB) {  // grad n[c] = sum_o W[o, c] g[o], zero where n was not positive
-        for (int64_t j0 = 0; j0 < npv; j0 += V) {
-          vec_t<acc_t> acc[IB] = {};
+        for (int64_t j0 = 0; j0 < npv; j0 += VW) {
+          vec_t<acc_t, VW> acc[IB] = {};
           for (int64_t o = 0; o < s.O; ++o) {
-            const vec_t<acc_t> gv = vload(&g[o * kPixelBlock + j0]);
+            const vec_t<acc_t, VW> gv = vload<VW>(&g[o * kPixelBlock + j0]);
             for (int64_t i = 0; i < IB; ++i) acc[i] += w[o * c4 + c0 + i] * gv;
           }
           for (int64_t i = 0; i < IB; ++i) vstore(&ga[i * kPixelBlock + j0], acc[i]);
