@@ -3,6 +3,7 @@
 
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -56,6 +57,18 @@ inline void wide_loop(int64_t n, const Body& body) {
   int64_t p0 = 0;
   for (; p0 + VW <= n; p0 += VW) body(std::integral_constant<int64_t, VW>{}, p0);
   for (; p0 + V <= n; p0 += V) body(std::integral_constant<int64_t, V>{}, p0);
+}
+
+// Rows [r0, r0 + n) of a plane (row stride rs, h rows of w values; rows outside are skipped)
+// towards L2, a cache line at a time. Each task of a pass asks for the next task's rows: the bands
+// it loads are short runs in many planes, which the hardware prefetchers barely follow with cold
+// caches, as in training, where a layer's backward reads what its forward saved long before
+// (16@32x32, batch 128, one thread, bf16, caches flushed: aggregation backward 7.2 -> 5.3 ms).
+template <typename T>
+inline void prefetch_rows(const T* plane, int64_t rs, int64_t h, int64_t r0, int64_t n, int64_t w) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t y = std::max<int64_t>(r0, 0); y < std::min(r0 + n, h); ++y)
+    for (int64_t q = 0; q < w; q += line) __builtin_prefetch(plane + y * rs + q, 0, 2);
 }
 
 // A sum of vectors over a wide_loop: one accumulator per lane count, folded into V lanes at the end.

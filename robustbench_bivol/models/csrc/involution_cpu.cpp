@@ -34,6 +34,7 @@ using bivol::store_lanes;
 using bivol::vec_t;
 using bivol::vload;
 using bivol::vstore;
+using bivol::prefetch_rows;
 
 // Register blocks: each kernel vector loaded serves CB channels (forward, grad_input), each grad_out
 // vector loaded serves KT kernel taps (grad_kernels). Every accumulator is its own FMA chain, and
@@ -210,6 +211,12 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
+      if (t + 1 < end) {  // the next task's kernels and rows of x
+        const int64_t next = (t + 1) / nblocks, ni0 = (t + 1) % nblocks * rb, nn = std::min(rb, g.Ho - ni0);
+        for (int64_t uv = 0; uv < g.KK; ++uv) prefetch_rows(kd + (next * g.KK + uv) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
+        for (int64_t c = 0; c < g.gc; ++c)
+          prefetch_rows(xd + next / g.G * xsb + (next % g.G * g.gc + c) * xsc, xsh, g.H, ni0 - g.pt, g.band_rows(nn), g.W);
+      }
       pair_kernels<L>(kd + bg * g.KK * plane + i0 * g.Wo, g, n, kbuf.data());
       for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
         const int64_t nc = std::min(CB, g.gc - c0);
@@ -257,6 +264,16 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, ny = std::min(rb, g.H - y0), i0 = y0 + g.pt - span, rows = ny + span;
+      if (t + 1 < end) {  // the next task's kernels, rows of grad_out and, with prior, of gx
+        const int64_t next = (t + 1) / nblocks, ny0 = (t + 1) % nblocks * rb, nny = std::min(rb, g.H - ny0);
+        for (int64_t uv = 0; uv < g.KK; ++uv)
+          prefetch_rows(kd + (next * g.KK + uv) * plane, g.Wo, g.Ho, ny0 + g.pt - span, nny + span, g.Wo);
+        for (int64_t c = 0; c < g.gc; ++c) {
+          const int64_t ch = next / g.G * g.C + next % g.G * g.gc + c;
+          prefetch_rows(gd + ch * plane, g.Wo, g.Ho, ny0 + g.pt - span, nny + span, g.Wo);
+          if (prior) prefetch_rows(gxd + ch * g.H * g.W, g.W, g.H, ny0, nny, g.W);
+        }
+      }
       // kbuf[((u * M + m) * rows + a) * wq + p]: window row a is output row i0 + a
       for (int64_t u = 0; u < g.K; ++u)
         for (int64_t m = 0; m < M; ++m) {
@@ -329,6 +346,14 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0), rows = g.band_rows(n);
+      if (t + 1 < end) {  // the next task's rows of x and grad_out
+        const int64_t next = (t + 1) / nblocks, ni0 = (t + 1) % nblocks * rb, nn = std::min(rb, g.Ho - ni0);
+        for (int64_t c = 0; c < g.gc; ++c) {
+          const int64_t ch = next % g.G * g.gc + c;
+          prefetch_rows(xd + next / g.G * xsb + ch * xsc, xsh, g.H, ni0 - g.pt, g.band_rows(nn), g.W);
+          prefetch_rows(gd + (next / g.G * g.C + ch) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
+        }
+      }
       for (int64_t p = 0; p < P; ++p) {
         const int64_t c = std::min(2 * p, g.gc - 2), ch = grp * g.gc + c;  // channels (c, c + 1)
         const uint16_t* xlo = xd + b * xsb + ch * xsc;
