@@ -253,14 +253,17 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
   const acc_t* wrd = wr.data_ptr<acc_t>();
   scalar_t* gxd = need_x ? gx.data_ptr<scalar_t>() : nullptr;
   const int64_t rb = block_rows(s.H, s.W), nblocks = (s.H + rb - 1) / rb, plane = s.H * s.W;
-  const int64_t band = (rb + 2) * s.Wp, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
+  // two zeros after each x band: the depth-wise weight gradient's last vector reads them
+  const int64_t band = (rb + 2) * s.Wp + 2, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
   const int64_t n_wr = s.R * s.C, n_wd = s.dw ? s.C * 9 : 0;  // weight-gradient sums, V lanes each
   std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_wr + n_wd) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
     std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband), tmp(s.W);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
-      for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t c = 0; c < s.C; ++c) {
         load_padded(xd + (b * s.C + c) * plane, s.H, s.W, i0 - 1, n + 2, 1, s.Wp, &xb[c * band]);
+        std::fill_n(&xb[c * band + (n + 2) * s.Wp], 2, acc_t(0));
+      }
       for (int64_t o = 0; o < s.R; ++o)  // grad rows i0 - 1 .. i0 + n, zero outside the image and past W
         load_grad_band(gd, bn, b, o, s, i0 - 1, n + 2, &gb[o * gband], tmp.data());
       for (int64_t c = 0; c < s.C; ++c) {
@@ -285,9 +288,10 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
           dst[s.Wv + 1] = 0;
         }
         if (s.dw) {  // grad Wd[c, uv] += gz[c] . x[c] shifted by the tap, over band rows 1..n at once
-          // (gz's zero columns 0 and Wv + 1 mask the row ends); nine sums per gz load
+          // (gz's zero columns 0 and Wv + 1 mask the row ends, and are its last two values here:
+          // n * Wp values, a whole number of vectors when n is a multiple of 4); nine sums per gz load
           const acc_t* g = &gz[s.Wp + 1];
-          const int64_t len = n * s.Wp - 2;
+          const int64_t len = n * s.Wp;
           WideSum<acc_t> acc[9];
           const int64_t vectors = len / V * V;
           wide_loop(vectors, [&](auto lanes, int64_t p0) {
