@@ -90,6 +90,17 @@ struct WideSum {
   }
 };
 
+// N bf16 values (their bits) as N floats: a 16-bit shift, written so that gcc vectorises it.
+template <int64_t N>
+inline vec_t<float, N> widen_bf16(const uint16_t* bits) {
+  vec_t<uint16_t, N> h;
+  std::memcpy(&h, bits, sizeof(h));
+  const vec_t<uint32_t, N> w = __builtin_convertvector(h, vec_t<uint32_t, N>) << 16;
+  vec_t<float, N> v;
+  std::memcpy(&v, &w, sizeof(v));
+  return v;
+}
+
 // n values to opmath. bf16 -> float is a 16-bit shift, written so that gcc vectorises it (its
 // c10::BFloat16 conversion stays scalar: measured 1.3-1.5x slower kernels in bf16 than fp32).
 template <typename scalar_t, typename acc_t>
@@ -97,12 +108,7 @@ inline void to_opmath(const scalar_t* src, int64_t n, acc_t* dst) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
     const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
     int64_t i = 0;
-    for (; i + VW <= n; i += VW) {  // VW lanes: gcc vectorises the element loop at 8
-      vec_t<uint16_t, VW> h;
-      std::memcpy(&h, bits + i, sizeof(h));
-      const vec_t<uint32_t, VW> w = __builtin_convertvector(h, vec_t<uint32_t, VW>) << 16;
-      std::memcpy(dst + i, &w, sizeof(w));
-    }
+    for (; i + VW <= n; i += VW) vstore(dst + i, widen_bf16<VW>(bits + i));  // gcc vectorises the loop below at 8
     for (; i < n; ++i) {
       const uint32_t u = uint32_t(bits[i]) << 16;
       std::memcpy(dst + i, &u, sizeof(u));
@@ -142,14 +148,7 @@ inline void from_opmath(const acc_t* src, int64_t n, scalar_t* dst) {
 template <typename scalar_t, typename acc_t, int64_t N = V>
 inline vec_t<acc_t, N> vload_opmath(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
-    using half_bits = vec_t<uint16_t, N>;
-    using bits = vec_t<uint32_t, N>;
-    half_bits h;
-    std::memcpy(&h, p, sizeof(h));
-    const bits w = __builtin_convertvector(h, bits) << 16;
-    vec_t<acc_t, N> v;
-    std::memcpy(&v, &w, sizeof(v));
-    return v;
+    return widen_bf16<N>(reinterpret_cast<const uint16_t*>(p));
   } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return vload<N>(p);
   } else {

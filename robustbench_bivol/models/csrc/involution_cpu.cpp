@@ -34,6 +34,7 @@ using bivol::store_lanes;
 using bivol::vec_t;
 using bivol::vload;
 using bivol::vstore;
+using bivol::VW;
 using bivol::prefetch_rows;
 
 // Register blocks: each kernel vector loaded serves CB channels (forward, grad_input), each grad_out
@@ -144,6 +145,15 @@ namespace dot_kernels {  // the aggregation's
 
 using namespace bivol::dot;
 
+// prefetch_rows for task t's band of x in the dot kernels' task order (example, group, row block):
+// the rows that n output rows from i0 read, of each of the group's channels.
+inline void prefetch_x_band(const uint16_t* xd, int64_t xsb, int64_t xsc, int64_t xsh, const Geometry& g,
+                            int64_t t, int64_t nblocks, int64_t rb) {
+  const int64_t bg = t / nblocks, i0 = t % nblocks * rb, n = std::min(rb, g.Ho - i0);
+  for (int64_t c = 0; c < g.gc; ++c)
+    prefetch_rows(xd + bg / g.G * xsb + (bg % g.G * g.gc + c) * xsc, xsh, g.H, i0 - g.pt, g.band_rows(n), g.W);
+}
+
 // The low tap of kernel-row pair m (K - 2 for an odd K's last pair, whose low kernel is zero).
 inline int64_t low_tap(int64_t m, int64_t K) { return std::min(2 * m, K - 2); }
 
@@ -214,8 +224,7 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
       if (t + 1 < end) {  // the next task's kernels and rows of x
         const int64_t next = (t + 1) / nblocks, ni0 = (t + 1) % nblocks * rb, nn = std::min(rb, g.Ho - ni0);
         for (int64_t uv = 0; uv < g.KK; ++uv) prefetch_rows(kd + (next * g.KK + uv) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
-        for (int64_t c = 0; c < g.gc; ++c)
-          prefetch_rows(xd + next / g.G * xsb + (next % g.G * g.gc + c) * xsc, xsh, g.H, ni0 - g.pt, g.band_rows(nn), g.W);
+        prefetch_x_band(xd, xsb, xsc, xsh, g, t + 1, nblocks, rb);
       }
       pair_kernels<L>(kd + bg * g.KK * plane + i0 * g.Wo, g, n, kbuf.data());
       for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
@@ -348,11 +357,9 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
       const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0), rows = g.band_rows(n);
       if (t + 1 < end) {  // the next task's rows of x and grad_out
         const int64_t next = (t + 1) / nblocks, ni0 = (t + 1) % nblocks * rb, nn = std::min(rb, g.Ho - ni0);
-        for (int64_t c = 0; c < g.gc; ++c) {
-          const int64_t ch = next % g.G * g.gc + c;
-          prefetch_rows(xd + next / g.G * xsb + ch * xsc, xsh, g.H, ni0 - g.pt, g.band_rows(nn), g.W);
-          prefetch_rows(gd + (next / g.G * g.C + ch) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
-        }
+        prefetch_x_band(xd, xsb, xsc, xsh, g, t + 1, nblocks, rb);
+        for (int64_t c = 0; c < g.gc; ++c)
+          prefetch_rows(gd + (next / g.G * g.C + next % g.G * g.gc + c) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
       }
       for (int64_t p = 0; p < P; ++p) {
         const int64_t c = std::min(2 * p, g.gc - 2), ch = grp * g.gc + c;  // channels (c, c + 1)
@@ -682,10 +689,10 @@ void scale_add_impl(at::Tensor& out, const at::Tensor& y, const at::Tensor& scal
       const acc_t ac = a[bc % C], bias = sh[bc % C];
       scalar_t* o = od + bc * plane;
       const scalar_t* src = yd + bc * plane;
-      for (int64_t p = 0; p < plane; p += bivol::VW) {
-        const int64_t cols = std::min(bivol::VW, plane - p);
-        store_lanes<acc_t, bivol::VW>(
-            load_lanes<acc_t, bivol::VW>(o + p, cols) + ac * load_lanes<acc_t, bivol::VW>(src + p, cols) + bias, cols, o + p);
+      for (int64_t p = 0; p < plane; p += VW) {
+        const int64_t cols = std::min(VW, plane - p);
+        store_lanes<acc_t, VW>(load_lanes<acc_t, VW>(o + p, cols) + ac * load_lanes<acc_t, VW>(src + p, cols) + bias,
+                               cols, o + p);
       }
     }
   });
