@@ -72,6 +72,26 @@ def test_node_equals_the_torch_modules(kind, sakg, channels_last, monkeypatch):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("option", ["cumulative_average", "no_running_statistics"])
+def test_batch_norm_options(option, monkeypatch):
+    """The BNs the nodes fold (the generator's, the dynamic branch's) as ``nn.BatchNorm2d`` with
+    ``momentum=None`` (running statistics as a cumulative average, two steps) or
+    ``track_running_stats=False`` (no running statistics)."""
+    module = _bivolution(8, True).double()
+    for bn in (module.dynamic.bn, module.dynamic_bn):
+        if option == "cumulative_average":
+            bn.momentum = None
+        else:
+            bn.track_running_stats = False
+            bn.running_mean = bn.running_var = bn.num_batches_tracked = None
+    x = torch.randn(3, 8, 7, 10, dtype=torch.float64, requires_grad=True)
+    for _ in range(2):
+        fused, reference = _fused_and_reference(module, x, monkeypatch, fused_training.bivolution_applies)
+        for got, want in zip(fused, reference, strict=True):
+            torch.testing.assert_close(got, want)
+        module(x)  # a step from the fused node's state: the second round sees num_batches_tracked = 2
+
+
 @pytest.mark.parametrize("sakg", [True, False])
 def test_gradcheck(sakg):
     involution = _involution(8, sakg).double()

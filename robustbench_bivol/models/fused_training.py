@@ -16,11 +16,12 @@ folded into those passes: they sum what its statistics and its backward need and
 map as they load, with the channel term's Linear and the BN's own arithmetic done per (example,
 channel) in float64 (see :func:`_generate`). That saves its normalise pass, the channel term's add
 and, in backward, the recomputed forward and both BN passes (bivol_resnet20 training, one thread,
-interleaved A/B: about 30 of ~780 ms per step in fp32, about 12 of ~540 in bf16).
+interleaved A/B: about 30 of ~780 ms per step in fp32, about 12 of ~540 in bf16). That arithmetic,
+and the dynamic BN's statistics, run in the extension (``csrc/batch_norm_fold.cpp``): as ~25 small
+torch operations per layer and direction from Python they cost 9 ms of the bf16 step, 12 of fp32.
 
 What stays torch's: the convolutions of the static branch (oneDNN, forward and
-``convolution_backward``) and the dynamic BN's backward (``native_batch_norm_backward``), and the
-channel term's Linear in forward. Backward can run more than once (``retain_graph``). Results equal
+``convolution_backward``) and the dynamic BN's backward (``native_batch_norm_backward``). Backward can run more than once (``retain_graph``). Results equal
 the separate nodes' up to float rounding (tests/test_fused_generator.py, tests/test_fused_training.py).
 
 These nodes serve where :func:`involution_applies` / :func:`bivolution_applies` say: training-mode
@@ -44,17 +45,11 @@ def _generator_parameters(module: nn.Module) -> list[nn.Parameter]:
             + [module.bn.weight, module.bn.bias, module.span.weight, module.span.bias])
 
 
-def _bn_statistics(bn: nn.BatchNorm2d, sums: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and 1/std of a BN's input from its per-channel (sum, sum of squares), float64;
-    updates the running statistics as ``nn.BatchNorm2d`` does in training (unbiased variance)."""
-    mean = sums[:, 0] / count
-    var = (sums[:, 1] / count - mean * mean).clamp_min(0)
-    if bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
-    return mean, torch.rsqrt(var + bn.eps)
+def _bn_args(bn: nn.BatchNorm2d) -> tuple:
+    """A BN's tensors and settings for the extension's batch-norm arithmetic (``csrc/batch_norm_fold.h``),
+    which updates its running statistics as ``nn.BatchNorm2d`` does in training."""
+    running = (bn.running_mean, bn.running_var, bn.num_batches_tracked) if bn.track_running_stats else (None,) * 3
+    return (bn.weight.detach(), bn.bias.detach(), *running, bn.momentum, bn.eps)
 
 
 def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
@@ -71,23 +66,18 @@ def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[to
     per-(example, channel) affine map as it loads, so neither t nor its normalised copy is written."""
     ext = fused_involution.extension()
     opmath = fused_generator.opmath_dtype(x.dtype)
-    b, c, h, w = x.shape
+    c = x.shape[1]
     wd = None if module.spatial is None else module.spatial.weight.detach().to(opmath).reshape(c, 9)
     wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
     ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
-    r, sums, r_sums = ext.separable_forward(x, wd, wr, module.channel is not None, True)
-    mean = None if sums is None else (sums / (h * w)).to(x.dtype)  # as x.mean((2, 3)) would give
-    channel = torch.zeros_like(r_sums[..., 0]) if mean is None else module.channel(mean).detach().double()
-    s1, s2 = r_sums.unbind(-1)  # (B, R): t's sums follow, t = r + channel
-    t_sums = torch.stack([(s1 + h * w * channel).sum(0), (s2 + channel * (2 * s1 + h * w * channel)).sum(0)], 1)
-    t_mean, invstd = _bn_statistics(module.bn, t_sums, b * h * w)  # updates the running statistics
-    gamma = module.bn.weight.detach().double()
-    scale = gamma * invstd
-    shift = (module.bn.bias.detach().double() + scale * (channel - t_mean)).to(opmath)
-    scale = scale.to(opmath)
+    linear = module.channel
+    r, sums, r_sums = ext.separable_forward(x, wd, wr, linear is not None, True)
+    scale, shift, state, mean = ext.generator_norm_forward(
+        r, r_sums, sums, None if linear is None else linear.weight.detach(),
+        None if linear is None else linear.bias.detach(), _bn_args(module.bn))
     kernels = ext.relu_pointwise_forward(r, ws, module.span.bias.detach().to(opmath), scale, shift)
-    saved = [wd, wr, ws, r, mean, channel, s1, gamma, t_mean, invstd, scale, shift]
-    return kernels.view(b, module.groups, module.kernel_size ** 2, h, w), saved
+    saved = [wd, wr, ws, r, mean, state, scale, shift]
+    return kernels.view(x.shape[0], module.groups, module.kernel_size ** 2, *x.shape[-2:]), saved
 
 
 def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Tensor | None], grad_kernels: torch.Tensor,
@@ -98,28 +88,14 @@ def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Ten
     span pass returns per example; r's gradient, a * grad n + q * r + c, is formed as the separable
     pass loads it."""
     ext = fused_involution.extension()
-    wd, wr, ws, r, mean, channel, s1, gamma, t_mean, invstd, scale, shift = saved
+    wd, wr, ws, r, mean, state, scale, shift = saved
     b, _, h, w = r.shape
-    count = b * h * w
     gn, gws, gbs, gn_sums = ext.relu_pointwise_backward(grad_kernels.view(b, -1, h, w), r, ws, True, scale, shift)
-    g1, gn_r = gn_sums.unbind(-1)  # (B, R): sums of grad n and of grad n * r
-    grad_beta = g1.sum(0)
-    grad_gamma = invstd * (gn_r.sum(0) + ((channel - t_mean) * g1).sum(0))  # sum of grad n * t_hat
-    a = gamma * invstd
-    q = -a * invstd * grad_gamma / count
-    c = -a * grad_beta / count + q * (channel - t_mean)  # (B, R)
-    bn = module.bn
-    middle = [grad_gamma.to(bn.weight.dtype), grad_beta.to(bn.bias.dtype)]
-    pool = None
-    if mean is not None:  # the channel term channel = Linear(mean): its input's gradient reaches x through the pool
-        grad_channel = a * g1 + q * s1 + h * w * c  # sum over each plane of r's gradient
-        linear = module.channel
-        middle = [(grad_channel.T @ mean.double()).to(linear.weight.dtype), grad_channel.sum(0).to(linear.bias.dtype),
-                  *middle]
-        pool = ((grad_channel @ linear.weight.detach().double()) / (h * w)).to(wr.dtype).contiguous()
-    opmath = wr.dtype
-    gx, gwd, gwr = ext.separable_backward(gn, x, wd, wr, grad_x is not None, grad_x, pool,
-                                          [r, a.to(opmath), q.to(opmath), c.to(opmath).contiguous()])
+    linear = module.channel
+    a, q, c, pool, grad_gamma, grad_beta, grad_lw, grad_lb = ext.generator_norm_backward(
+        r, gn_sums, state, mean, None if linear is None else linear.weight.detach(), module.bn.weight)
+    gx, gwd, gwr = ext.separable_backward(gn, x, wd, wr, grad_x is not None, grad_x, pool, [r, a, q, c])
+    middle = [grad_gamma, grad_beta] if linear is None else [grad_lw, grad_lb, grad_gamma, grad_beta]
     return gx, ([] if wd is None else [gwd]) + [gwr] + middle + [gws, gbs]
 
 
@@ -159,15 +135,12 @@ class _Bivolution(torch.autograd.Function):
         static = module.static(x).contiguous()  # autocast casts the weight as it would outside
         kernels, saved = _generate(module.dynamic, x)
         aggregated, sums = ext.forward_stats(x, kernels, *_geometry(module.dynamic), True)
-        bn = module.dynamic_bn
-        mean, invstd = _bn_statistics(bn, sums, x.shape[0] * x.shape[2] * x.shape[3])
-        opmath = fused_generator.opmath_dtype(x.dtype)
-        scale = bn.weight.detach().double() * invstd
-        ext.scale_add_(static, aggregated, scale.to(opmath), (bn.bias.detach().double() - mean * scale).to(opmath))
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        scale, shift, mean, invstd = ext.batch_norm_fold(sums, count, x, _bn_args(module.dynamic_bn))
+        ext.scale_add_(static, aggregated, scale, shift)
         ctx.module, ctx.params = module, params
         weight = module.static.weight.detach().to(static.dtype)
-        stats = bn.weight.dtype if bn.weight.dtype == x.dtype else opmath  # as native_batch_norm saves them
-        ctx.save_for_backward(x, weight, kernels, aggregated, mean.to(stats), invstd.to(stats), *saved)
+        ctx.save_for_backward(x, weight, kernels, aggregated, mean, invstd, *saved)
         return static
 
     @staticmethod
