@@ -54,17 +54,22 @@ def _fused_and_reference(module: nn.Module, x: torch.Tensor, monkeypatch, applie
 
 @pytest.mark.parametrize("sakg", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kind", ["involution", "bivolution", "bivolution_resnet50"])
+@pytest.mark.parametrize("kind", ["involution", "bivolution", "bivolution_resnet50", "involution_strided",
+                                  "bivolution_strided"])
 def test_node_equals_the_torch_modules(kind, sakg, channels_last, monkeypatch):
-    """float64, odd sizes: output, the input's and every parameter's gradient, running statistics
-    (bivolution_resnet50: bivol_resnet50's setting, K = 7 and a depth-wise static branch)."""
+    """float64, odd sizes (even where strided): output, the input's and every parameter's gradient,
+    running statistics (bivolution_resnet50: bivol_resnet50's setting, K = 7 and a depth-wise static
+    branch; strided: stride 2, and for Bi-volution a channel change, as a ResNet's first block of a stage)."""
     build, applies = {
         "involution": (_involution, fused_training.involution_applies),
         "bivolution": (_bivolution, fused_training.bivolution_applies),
         "bivolution_resnet50": (lambda c, sakg: _bivolution(c, sakg, kernel_size=7, static_groups="depthwise"),
-                                fused_training.bivolution_applies)}[kind]
+                                fused_training.bivolution_applies),
+        "involution_strided": (lambda c, sakg: _involution(c, sakg, stride=2), fused_training.involution_applies),
+        "bivolution_strided": (lambda c, sakg: _bivolution(c, sakg, out_channels=2 * c, stride=2),
+                               fused_training.bivolution_applies)}[kind]
     module = build(8, sakg).double()
-    x = torch.randn(3, 8, 7, 10, dtype=torch.float64)
+    x = torch.randn(3, 8, 8, 10, dtype=torch.float64) if "strided" in kind else torch.randn(3, 8, 7, 10, dtype=torch.float64)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     fused, reference = _fused_and_reference(module, x.requires_grad_(), monkeypatch, applies)
@@ -92,27 +97,29 @@ def test_batch_norm_options(option, monkeypatch):
         module(x)  # a step from the fused node's state: the second round sees num_batches_tracked = 2
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("sakg", [True, False])
-def test_gradcheck(sakg):
-    involution = _involution(8, sakg).double()
-    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+def test_gradcheck(sakg, stride):
+    involution = _involution(8, sakg, stride).double()
+    x = torch.randn(2, 8, 5 * stride, 6, dtype=torch.float64, requires_grad=True)
     params = fused_training._generator_parameters(involution)
     assert torch.autograd.gradcheck(lambda x, *p: fused_training._Involution.apply(x, involution, *p), (x, *params))
-    bivolution = _bivolution(8, sakg).double()
+    bivolution = _bivolution(8, sakg, stride=stride, out_channels=8 * stride).double()
     params = fused_training._bivolution_parameters(bivolution)
     assert torch.autograd.gradcheck(lambda x, *p: fused_training._Bivolution.apply(x, bivolution, *p), (x, *params))
 
 
 def test_nodes_only_where_they_serve():
-    """Eval mode, no grad, stride 2, frozen parameters and an autocast float32 input take the
-    separate nodes."""
+    """Eval mode, no grad, a strided module on a map its pool does not tile, frozen parameters and an
+    autocast float32 input take the separate nodes."""
     module = _involution(8, True)
     x = torch.randn(2, 8, 6, 6)
     assert fused_training.involution_applies(module, x)
     with torch.no_grad():
         assert not fused_training.involution_applies(module, x)
     assert not fused_training.involution_applies(module.eval(), x)
-    assert not fused_training.involution_applies(_involution(8, True, stride=2), x)
+    assert fused_training.involution_applies(_involution(8, True, stride=2), x)
+    assert not fused_training.involution_applies(_involution(8, True, stride=2), x[..., :5])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused_training.involution_applies(module.train(), x)
         assert fused_training.involution_applies(module, x.bfloat16())
@@ -123,7 +130,7 @@ def test_nodes_only_where_they_serve():
     bivolution.dynamic_bn.train()
     bivolution.static.weight.requires_grad_(False)
     assert not fused_training.bivolution_applies(bivolution, x)
-    assert not fused_training.bivolution_applies(Bivolution2d(8, 16, kernel_size=3, group_channels=4).train(), x)
+    assert fused_training.bivolution_applies(Bivolution2d(8, 16, kernel_size=3, group_channels=4).train(), x)
 
 
 def test_global_batchnorm_keeps_the_separate_nodes():
@@ -141,7 +148,7 @@ def test_global_batchnorm_keeps_the_separate_nodes():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("kind", ["involution", "bivolution"])
+@pytest.mark.parametrize("kind", ["involution", "bivolution", "bivolution_strided"])
 @pytest.mark.parametrize("amp", [True, False])
 def test_bf16_as_accurate_as_the_separate_nodes(amp, kind, seed, monkeypatch):
     """A bf16 training step (autocast, or a bf16 model): output and gradients within 2x the separate
@@ -149,7 +156,8 @@ def test_bf16_as_accurate_as_the_separate_nodes(amp, kind, seed, monkeypatch):
     statistics in float64 where the separate nodes round them to bf16 in a bf16 model, so single
     entries move either way at the 0.3% level). The passes' accuracy against the torch modules:
     tests/test_fused_generator.py."""
-    build = _involution if kind == "involution" else _bivolution
+    build = {"involution": _involution, "bivolution": _bivolution,
+             "bivolution_strided": lambda c, sakg: _bivolution(c, sakg, out_channels=2 * c, stride=2)}[kind]
     torch.manual_seed(seed)
     module = build(16, True)
     if not amp:

@@ -60,14 +60,21 @@ def applies(x: torch.Tensor) -> bool:
             and fused_involution.extension() is not None)
 
 
-def separable_pays(x: torch.Tensor) -> bool:
-    """Whether :func:`separable` fuses its pass for ``x`` (:func:`applies` and :func:`pays`)."""
-    return pays(x.shape[-2] * x.shape[-1], x.shape[1], SMALL_SEPARABLE_CHANNELS, MAX_SEPARABLE_CHANNELS) and applies(x)
+def _pixels(x: torch.Tensor, pool: int) -> int:
+    """Pixels of x's planes after an s x s pool (ceil mode)."""
+    return -(-x.shape[-2] // pool) * -(-x.shape[-1] // pool)
 
 
-def pointwise_pays(n: torch.Tensor, in_channels: int, out_channels: int) -> bool:
-    """Whether :func:`relu_pointwise` fuses its pass for ``n`` (:func:`applies` and :func:`pays`)."""
-    return (pays(n.shape[-2] * n.shape[-1], in_channels * out_channels, SMALL_POINTWISE_MACS, MAX_POINTWISE_MACS)
+def separable_pays(x: torch.Tensor, pool: int = 1) -> bool:
+    """Whether :func:`separable` fuses its pass for ``x``, pooled ``pool`` x ``pool`` first
+    (:func:`applies` and :func:`pays`)."""
+    return pays(_pixels(x, pool), x.shape[1], SMALL_SEPARABLE_CHANNELS, MAX_SEPARABLE_CHANNELS) and applies(x)
+
+
+def pointwise_pays(n: torch.Tensor, in_channels: int, out_channels: int, pool: int = 1) -> bool:
+    """Whether :func:`relu_pointwise` fuses its pass for ``n``'s planes, pooled ``pool`` x ``pool``
+    (:func:`applies` and :func:`pays`)."""
+    return (pays(_pixels(n, pool), in_channels * out_channels, SMALL_POINTWISE_MACS, MAX_POINTWISE_MACS)
             and applies(n))
 
 
@@ -115,7 +122,7 @@ class _AvgPool(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return fused_involution.extension().avg_pool_backward(grad.contiguous(), ctx.stride, *ctx.size), None
+        return fused_involution.extension().avg_pool_backward(grad.contiguous(), ctx.stride, *ctx.size, None), None
 
 
 def avg_pool(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:

@@ -11,6 +11,13 @@ the pool's). A Bi-volution's forward also saves the dynamic BN's statistics pass
 pass and the sum's pass: the aggregation sums its outputs and their squares per channel, and one
 pass adds the normalised result to the static conv's output.
 
+Strided layers (a ResNet stage's first block) add pieces: the generator reads x average-pooled,
+and a Bi-volution that changes the channel count maps the aggregation through a 1x1 (``proj``)
+before its BN. As separate nodes, x's gradient there came in four pieces at the input resolution
+plus the shortcut's; in the node the pool's backward adds the generator's gradient into the
+others as it writes (bivol_resnet20 training, one thread, interleaved A/B: -27 ms per step in
+bf16 (16 pairs), -11 ms in fp32 (10 pairs); involution_resnet20 bf16 -8 ms).
+
 The generator's BN (batch statistics, between the separable pass and the ReLU + span pass) is
 folded into those passes: they sum what its statistics and its backward need and apply its affine
 map as they load, with the channel term's Linear and the BN's own arithmetic done per (example,
@@ -20,13 +27,15 @@ interleaved A/B: about 30 of ~780 ms per step in fp32, about 12 of ~540 in bf16)
 and the dynamic BN's statistics, run in the extension (``csrc/batch_norm_fold.cpp``): as ~25 small
 torch operations per layer and direction from Python they cost 9 ms of the bf16 step, 12 of fp32.
 
-What stays torch's: the convolutions of the static branch (oneDNN, forward and
-``convolution_backward``) and the dynamic BN's backward (``native_batch_norm_backward``). Backward can run more than once (``retain_graph``). Results equal
-the separate nodes' up to float rounding (tests/test_fused_generator.py, tests/test_fused_training.py).
+What stays torch's: the convolutions of the static branch and ``proj`` (oneDNN, forward and
+``convolution_backward``) and the dynamic BN's backward (``native_batch_norm_backward``). Backward
+can run more than once (``retain_graph``). Results equal the separate nodes' up to float rounding
+(tests/test_fused_generator.py, tests/test_fused_training.py).
 
 These nodes serve where :func:`involution_applies` / :func:`bivolution_applies` say: training-mode
-BN under grad, stride 1, odd K, every parameter trainable, for Bi-volution no channel change, and the fused
-generator passes applying and paying at the shape (:mod:`.fused_generator`, ``BIVOL_FUSED``; for
+BN under grad, odd K, a stride whose pool tiles x (the pooled planes' means are then x's, which
+the channel term takes), every parameter trainable, and the fused generator passes applying and
+paying at the generator's shape (:mod:`.fused_generator`, ``BIVOL_FUSED``; for
 a Bi-volution, which saves more passes, up to the larger thresholds at any map size).
 """
 from __future__ import annotations
@@ -54,7 +63,7 @@ def _bn_args(bn: nn.BatchNorm2d) -> tuple:
 
 def _geometry(module: nn.Module) -> tuple[int, int, int, int, int]:
     pad = (module.kernel_size - 1) // 2
-    return module.kernel_size, 1, 1, pad, pad
+    return module.kernel_size, module.stride, 1, pad, pad
 
 
 def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -71,13 +80,15 @@ def _generate(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[to
     wr = module.reduce.weight.detach().to(opmath).reshape(-1, c)
     ws = module.span.weight.detach().to(opmath).reshape(module.span.out_channels, -1)
     linear = module.channel
-    r, sums, r_sums = ext.separable_forward(x, wd, wr, linear is not None, True)
+    # strided: the generator reads the pooled x, whose plane means are x's (the pool tiles x, see _node_fits)
+    pooled = None if module.stride == 1 else ext.avg_pool_forward(x, module.stride)
+    r, sums, r_sums = ext.separable_forward(x if pooled is None else pooled, wd, wr, linear is not None, True)
     scale, shift, state, mean = ext.generator_norm_forward(
         r, r_sums, sums, None if linear is None else linear.weight.detach(),
         None if linear is None else linear.bias.detach(), _bn_args(module.bn))
     kernels = ext.relu_pointwise_forward(r, ws, module.span.bias.detach().to(opmath), scale, shift)
-    saved = [wd, wr, ws, r, mean, state, scale, shift]
-    return kernels.view(x.shape[0], module.groups, module.kernel_size ** 2, *x.shape[-2:]), saved
+    saved = [pooled, wd, wr, ws, r, mean, state, scale, shift]
+    return kernels.view(x.shape[0], module.groups, module.kernel_size ** 2, *r.shape[-2:]), saved
 
 
 def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Tensor | None], grad_kernels: torch.Tensor,
@@ -88,13 +99,17 @@ def _generate_backward(module: nn.Module, x: torch.Tensor, saved: list[torch.Ten
     span pass returns per example; r's gradient, a * grad n + q * r + c, is formed as the separable
     pass loads it."""
     ext = fused_involution.extension()
-    wd, wr, ws, r, mean, state, scale, shift = saved
+    pooled, wd, wr, ws, r, mean, state, scale, shift = saved
     b, _, h, w = r.shape
     gn, gws, gbs, gn_sums = ext.relu_pointwise_backward(grad_kernels.view(b, -1, h, w), r, ws, True, scale, shift)
     linear = module.channel
     a, q, c, pool, grad_gamma, grad_beta, grad_lw, grad_lb = ext.generator_norm_backward(
         r, gn_sums, state, mean, None if linear is None else linear.weight.detach(), module.bn.weight)
-    gx, gwd, gwr = ext.separable_backward(gn, x, wd, wr, grad_x is not None, grad_x, pool, [r, a, q, c])
+    if pooled is None:
+        gx, gwd, gwr = ext.separable_backward(gn, x, wd, wr, grad_x is not None, grad_x, pool, [r, a, q, c])
+    else:  # the pooled input's gradient (with the channel term's, per pooled plane) through the pool
+        gz, gwd, gwr = ext.separable_backward(gn, pooled, wd, wr, grad_x is not None, None, pool, [r, a, q, c])
+        gx = None if gz is None else ext.avg_pool_backward(gz, module.stride, *x.shape[-2:], grad_x)
     middle = [grad_gamma, grad_beta] if linear is None else [grad_lw, grad_lb, grad_gamma, grad_beta]
     return gx, ([] if wd is None else [gwd]) + [gwr] + middle + [gws, gbs]
 
@@ -104,7 +119,7 @@ def _shaped(grads: list[torch.Tensor], params: tuple[nn.Parameter, ...], needed:
 
 
 class _Involution(torch.autograd.Function):
-    """``involution_aggregate(x, module.generate_kernels(x), K)`` of a stride-1 ``Involution2d``."""
+    """``involution_aggregate(x, module.generate_kernels(x), K, stride)`` of an ``Involution2d``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
@@ -126,45 +141,66 @@ class _Involution(torch.autograd.Function):
 
 
 class _Bivolution(torch.autograd.Function):
-    """A stride-1 ``Bivolution2d`` in training: ``static(x) + dynamic_bn(involution(x))``."""
+    """A ``Bivolution2d`` in training: ``static(x) + dynamic_bn(proj(involution(x)))`` (no ``proj``
+    without a channel change)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: nn.Module, *params: nn.Parameter) -> torch.Tensor:
         ext = fused_involution.extension()
         x = x.contiguous()
-        static = module.static(x).contiguous()  # autocast casts the weight as it would outside
+        static = module.static(x).contiguous()  # autocast casts the weights as it would outside
         kernels, saved = _generate(module.dynamic, x)
-        aggregated, sums = ext.forward_stats(x, kernels, *_geometry(module.dynamic), True)
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        scale, shift, mean, invstd = ext.batch_norm_fold(sums, count, x, _bn_args(module.dynamic_bn))
-        ext.scale_add_(static, aggregated, scale, shift)
+        proj = module.dynamic.proj
+        if proj is None:  # the aggregation sums what the BN's statistics need
+            aggregated, sums = ext.forward_stats(x, kernels, *_geometry(module.dynamic), True)
+            normed = aggregated
+        else:
+            aggregated = ext.forward(x, kernels, *_geometry(module.dynamic))
+            normed = proj(aggregated).contiguous()
+            sums = ext.channel_sums(normed)
+        count = normed.shape[0] * normed.shape[2] * normed.shape[3]
+        scale, shift, mean, invstd = ext.batch_norm_fold(sums, count, normed, _bn_args(module.dynamic_bn))
+        ext.scale_add_(static, normed, scale, shift)
         ctx.module, ctx.params = module, params
-        weight = module.static.weight.detach().to(static.dtype)
-        ctx.save_for_backward(x, weight, kernels, aggregated, mean, invstd, *saved)
+        weights = [m.weight.detach().to(static.dtype) for m in (module.static, proj) if m is not None]
+        ctx.save_for_backward(x, kernels, aggregated, normed, mean, invstd, *weights, *saved)
         return static
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, kernels, aggregated, mean, invstd, *saved = ctx.saved_tensors
         module, need_x = ctx.module, ctx.needs_input_grad[0]
+        proj = module.dynamic.proj
+        x, kernels, aggregated, normed, mean, invstd, weight, *saved = ctx.saved_tensors
+        proj_weight = None if proj is None else saved.pop(0)
         grad = grad.to(x.dtype).contiguous()
-        conv = module.static
-        gx, gw, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-            [need_x, True, False])
+        gx, gw = _conv_backward(module.static, grad, x, weight, need_x)
         bn = module.dynamic_bn
         g_agg, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-            grad, aggregated, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+            grad, normed, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+        g_proj = []
+        if proj is not None:
+            g_agg, g_pw = _conv_backward(proj, g_agg, aggregated, proj_weight, True)
+            g_proj = [g_pw]
         gx, gk = fused_involution.extension().backward_prior(
             g_agg.contiguous(), x, kernels, *_geometry(module.dynamic), need_x, True,
             gx.contiguous() if need_x else None)
         gx, grads = _generate_backward(module.dynamic, x, saved, gk, gx if need_x else None)
-        return gx, None, *_shaped([gw, *grads, g_gamma, g_beta], ctx.params, ctx.needs_input_grad[2:])
+        return gx, None, *_shaped([gw, *grads, *g_proj, g_gamma, g_beta], ctx.params, ctx.needs_input_grad[2:])
+
+
+def _conv_backward(conv: nn.Conv2d, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   need_input: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Gradients of a bias-free ``conv(x)`` for x (None unless ``need_input``) and the weight."""
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+        [need_input, True, False])
+    return gx, gw
 
 
 def _bivolution_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [module.static.weight, *_generator_parameters(module.dynamic), module.dynamic_bn.weight,
+    proj = [] if module.dynamic.proj is None else [module.dynamic.proj.weight]
+    return [module.static.weight, *_generator_parameters(module.dynamic), *proj, module.dynamic_bn.weight,
             module.dynamic_bn.bias]
 
 
@@ -177,16 +213,17 @@ def _plain_batchnorm(bn: nn.Module) -> bool:
 
 def _node_fits(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether an ``Involution2d``'s generation and aggregation can run as one node for ``x``."""
-    return (_plain_batchnorm(module.bn) and module.bn.training and torch.is_grad_enabled() and module.stride == 1
-            and module.kernel_size % 2 == 1
+    s = module.stride  # strided: the pool's windows tile x, so the pooled planes' means are x's (the channel term's)
+    return (_plain_batchnorm(module.bn) and module.bn.training and torch.is_grad_enabled()
+            and x.shape[-2] % s == 0 and x.shape[-1] % s == 0 and module.kernel_size % 2 == 1
             and all(p.requires_grad for p in _generator_parameters(module))
             and x.dtype == fused_generator.compute_dtype(x))  # under autocast a float32 x aggregates in float32
 
 
 def involution_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`involution` serves this call of an ``Involution2d``."""
-    return (_node_fits(module, x) and fused_generator.separable_pays(x)
-            and fused_generator.pointwise_pays(x, module.reduce.out_channels, module.span.out_channels))
+    return (_node_fits(module, x) and fused_generator.separable_pays(x, module.stride)
+            and fused_generator.pointwise_pays(x, module.reduce.out_channels, module.span.out_channels, module.stride))
 
 
 def _bivolution_pays(module: nn.Module, x: torch.Tensor) -> bool:
@@ -202,8 +239,8 @@ def _bivolution_pays(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def involution(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``involution_aggregate(x, module.generate_kernels(x), K)`` as one fused autograd node (before
-    ``module.proj``, which the caller applies)."""
+    """``involution_aggregate(x, module.generate_kernels(x), K, stride)`` as one fused autograd node
+    (before ``module.proj``, which the caller applies)."""
     return _Involution.apply(x, module, *_generator_parameters(module))
 
 
@@ -211,7 +248,7 @@ def bivolution_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`bivolution` serves this call of a ``Bivolution2d``."""
     bn = module.dynamic_bn
     return (module.static is not None and bn is not None and _plain_batchnorm(bn) and bn.training and bn.affine
-            and module.static.bias is None and module.dynamic.proj is None and _node_fits(module.dynamic, x)
+            and module.static.bias is None and _node_fits(module.dynamic, x)
             and _bivolution_pays(module, x)
             and all(p.requires_grad for p in _bivolution_parameters(module)))
 

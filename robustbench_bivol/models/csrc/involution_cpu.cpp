@@ -588,9 +588,9 @@ void grad_input_gather(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx
 // column x = s*m + e (e < s) takes tap v iff s divides e + pl - d*v, from output column
 // j = m + (e + pl - d*v) / s: for each residue e the taps read contiguous runs of kernels and
 // grad_out, so the products vectorise over m into one accumulator row per residue, and the
-// residues are interleaved once when the row is stored.
+// residues are interleaved once when the row is stored (added to gx's values with ``prior``).
 template <int S, typename scalar_t>
-void grad_input_strided(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g) {
+void grad_input_strided(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* kd = k.data_ptr<scalar_t>();
   const scalar_t* gd = go.data_ptr<scalar_t>();
@@ -645,12 +645,13 @@ void grad_input_strided(const at::Tensor& go, const at::Tensor& k, at::Tensor& g
               const vec_t<acc_t> even = vload(&acc[m0]), odd = vload(&acc[wm + m0]);
               const vec_t<acc_t> lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
               const vec_t<acc_t> hi = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
-              const int64_t x0 = 2 * m0;
-              store_lanes<acc_t>(lo, std::min(V, g.W - x0), out + x0);
-              if (x0 + V < g.W) store_lanes<acc_t>(hi, std::min(V, g.W - x0 - V), out + x0 + V);
+              const int64_t x0 = 2 * m0, n0 = std::min(V, g.W - x0), n1 = std::min(V, g.W - x0 - V);
+              store_lanes<acc_t>(prior ? lo + load_lanes<acc_t>(out + x0, n0) : lo, n0, out + x0);
+              if (n1 > 0) store_lanes<acc_t>(prior ? hi + load_lanes<acc_t>(out + x0 + V, n1) : hi, n1, out + x0 + V);
             }
           } else {
-            for (int64_t x = 0; x < g.W; ++x) out[x] = scalar_t(acc[(x % st) * wm + x / st]);
+            for (int64_t x = 0; x < g.W; ++x)
+              out[x] = scalar_t(acc[(x % st) * wm + x / st] + (prior ? acc_t(out[x]) : acc_t(0)));
           }
         }
       }
@@ -667,15 +668,10 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
       return g.W > 16 ? dot_kernels::grad_input<16>(go, k, gx, g, prior)
                       : dot_kernels::grad_input<8>(go, k, gx, g, prior);
 #endif
-  if constexpr (S == 1) {
+  if constexpr (S == 1)
     grad_input_gather<scalar_t>(go, k, gx, g, prior);
-  } else if (prior) {
-    at::Tensor own = at::empty_like(gx);
-    grad_input_strided<S, scalar_t>(go, k, own, g);
-    gx.add_(own);
-  } else {
-    grad_input_strided<S, scalar_t>(go, k, gx, g);
-  }
+  else
+    grad_input_strided<S, scalar_t>(go, k, gx, g, prior);
 }
 
 // out[b, c] += scale[c] * y[b, c] + shift[c] over each (H, W) plane, in place.
@@ -837,5 +833,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "kernel generator: its BN (with the channel term) folded into the passes around it (CPU)");
   m.def("generator_norm_backward", &bivol::generator_norm_backward, "backward of generator_norm_forward (CPU)");
   m.def("avg_pool_forward", &bivol::avg_pool_forward, "kernel generator: s x s average pool, ceil mode (CPU)");
-  m.def("avg_pool_backward", &bivol::avg_pool_backward, "gradient of avg_pool_forward (CPU)");
+  m.def("avg_pool_backward", &bivol::avg_pool_backward,
+        "gradient of avg_pool_forward, added to grad_x_prior in place where given (CPU)");
+  m.def("channel_sums", &bivol::channel_sums, "sum and sum of squares per channel, (C, 2) float64 (CPU)");
 }

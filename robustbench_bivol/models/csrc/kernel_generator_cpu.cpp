@@ -549,16 +549,17 @@ at::Tensor avg_pool_forward_impl(const at::Tensor& x, int64_t s) {
   return out;
 }
 
+// With ``prior`` (x's shape) the gradient is added to it in place and prior returned.
 template <typename scalar_t>
-at::Tensor avg_pool_backward_impl(const at::Tensor& grad, int64_t s, int64_t H, int64_t W) {
+at::Tensor avg_pool_backward_impl(const at::Tensor& grad, int64_t s, int64_t H, int64_t W, const at::Tensor& prior) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = grad.size(0) * grad.size(1), Ho = grad.size(2), Wo = grad.size(3);
   TORCH_CHECK(Ho == (H + s - 1) / s && Wo == (W + s - 1) / s, "avg_pool_backward: grad does not match the input size");
-  at::Tensor gx = at::empty({grad.size(0), grad.size(1), H, W}, grad.options());
+  at::Tensor gx = prior.defined() ? prior : at::empty({grad.size(0), grad.size(1), H, W}, grad.options());
   const scalar_t* gd = grad.data_ptr<scalar_t>();
   scalar_t* xd = gx.data_ptr<scalar_t>();
   at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g(Wo), row(W), per_col(Wo);
+    std::vector<acc_t> g(Wo), row(W), sum(W), per_col(Wo);
     std::vector<scalar_t> stored(W);
     for (int64_t j = 0; j < Wo; ++j) per_col[j] = acc_t(1) / acc_t(std::min(s, W - s * j));
     for (int64_t p = begin; p < end; ++p)
@@ -569,6 +570,15 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad, int64_t s, int64_t H, 
         for (int64_t j = 0; j < Wo; ++j) {
           const acc_t v = g[j] * per_row * per_col[j];
           for (int64_t b = 0; b < std::min(s, W - s * j); ++b) row[s * j + b] = v;
+        }
+        if (prior.defined()) {
+          for (int64_t a = 0; a < rows; ++a) {
+            scalar_t* dst = xd + (p * H + s * i + a) * W;
+            to_opmath(dst, W, sum.data());
+            for (int64_t q = 0; q < W; ++q) sum[q] += row[q];
+            from_opmath(sum.data(), W, dst);
+          }
+          continue;
         }
         from_opmath(row.data(), W, stored.data());
         for (int64_t a = 0; a < rows; ++a) std::copy(stored.begin(), stored.end(), xd + (p * H + s * i + a) * W);
@@ -697,12 +707,35 @@ at::Tensor avg_pool_forward(const at::Tensor& x, int64_t s) {
   return out;
 }
 
-at::Tensor avg_pool_backward(const at::Tensor& grad, int64_t s, int64_t in_h, int64_t in_w) {
+at::Tensor avg_pool_backward(const at::Tensor& grad, int64_t s, int64_t in_h, int64_t in_w,
+                             const c10::optional<at::Tensor>& grad_x_prior) {
   check_activation(grad, "grad");
+  const at::Tensor prior = grad_x_prior.has_value() ? *grad_x_prior : at::Tensor();
+  if (prior.defined()) {
+    check_activation(prior, "grad_x_prior");
+    TORCH_CHECK(prior.size(0) == grad.size(0) && prior.size(1) == grad.size(1) && prior.size(2) == in_h &&
+                    prior.size(3) == in_w && prior.scalar_type() == grad.scalar_type(),
+                "avg_pool_backward: grad_x_prior must match the input");
+  }
   at::Tensor gx;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "avg_pool_backward",
-                                 [&] { gx = avg_pool_backward_impl<scalar_t>(grad, s, in_h, in_w); });
+                                 [&] { gx = avg_pool_backward_impl<scalar_t>(grad, s, in_h, in_w, prior); });
   return gx;
+}
+
+at::Tensor channel_sums(const at::Tensor& t) {
+  check_activation(t, "t");
+  const int64_t B = t.size(0), C = t.size(1), plane = t.size(2) * t.size(3);
+  at::Tensor part = at::zeros({B, C, 2}, t.options().dtype(at::kDouble));
+  double* pd = part.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "channel_sums", [&] {
+    const scalar_t* td = t.data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc)
+        stored_sums<scalar_t, at::opmath_type<scalar_t>>(td + bc * plane, nullptr, plane, &pd[2 * bc]);
+    });
+  });
+  return part.sum(0);
 }
 
 }  // namespace bivol

@@ -34,8 +34,14 @@ std::vector<at::Tensor> relu_pointwise_backward(const at::Tensor& grad, const at
                                                 const c10::optional<at::Tensor>& shift);
 
 // s x s average pool, stride s, ceil mode without padding (a window cut by the edge averages the
-// pixels it covers), and its input gradient (x of size in_h x in_w)
+// pixels it covers), and its input gradient (x of size in_h x in_w; added to grad_x_prior in
+// place and returned where given)
 at::Tensor avg_pool_forward(const at::Tensor& x, int64_t s);
-at::Tensor avg_pool_backward(const at::Tensor& grad, int64_t s, int64_t in_h, int64_t in_w);
+at::Tensor avg_pool_backward(const at::Tensor& grad, int64_t s, int64_t in_h, int64_t in_w,
+                             const c10::optional<at::Tensor>& grad_x_prior);
+
+// The sum and the sum of squares per channel of t (B, C, H, W) as stored, (C, 2) float64: the
+// statistics of a batch norm on t.
+at::Tensor channel_sums(const at::Tensor& t);
 
 }  // namespace bivol
