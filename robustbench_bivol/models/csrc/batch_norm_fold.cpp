@@ -11,11 +11,31 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace bivol {
 namespace {
 
-at::Tensor doubles(const at::Tensor& t) { return t.to(at::kDouble).contiguous(); }
+// A small tensor's values as float64, and float64 values as a new tensor of a dtype: loops, not
+// ATen conversions (a few microseconds each, several per call).
+std::vector<double> read(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  std::vector<double> out(c.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, c.scalar_type(), "batch_norm_fold_read", [&] {
+    const scalar_t* d = c.data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = double(d[i]);
+  });
+  return out;
+}
+
+at::Tensor write(const double* values, at::IntArrayRef shape, at::ScalarType dtype, const at::Tensor& like) {
+  at::Tensor out = at::empty(shape, like.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "batch_norm_fold_write", [&] {
+    scalar_t* d = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < out.numel(); ++i) d[i] = scalar_t(values[i]);
+  });
+  return out;
+}
 
 // torch.lerp's formula, in the running statistics' opmath dtype.
 template <typename acc_t>
@@ -38,18 +58,24 @@ void statistics(const double* sums, int64_t C, int64_t count, const BatchNormSta
   at::Tensor rm = *bn.running_mean, rv = *bn.running_var;
   TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous() && rm.numel() == C && rv.numel() == C,
               "batch_norm_fold: running statistics must be contiguous, one per channel");
-  bn.num_batches_tracked->add_(1);
-  const double momentum =
-      bn.momentum.has_value() ? *bn.momentum : 1.0 / double(bn.num_batches_tracked->item<int64_t>());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, rm.scalar_type(), "batch_norm_fold", [&] {
+  TORCH_CHECK(bn.num_batches_tracked->scalar_type() == at::kLong && bn.num_batches_tracked->numel() == 1,
+              "batch_norm_fold: num_batches_tracked must be one int64");
+  int64_t& tracked = *bn.num_batches_tracked->data_ptr<int64_t>();
+  tracked += 1;
+  bn.num_batches_tracked->unsafeGetTensorImpl()->bump_version();  // as its add_(1) in nn.BatchNorm2d
+  const double momentum = bn.momentum.has_value() ? *bn.momentum : 1.0 / double(tracked);
+  const double unbiased = double(count) / double(std::max<int64_t>(count - 1, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rm.scalar_type(), "batch_norm_fold", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* m = rm.data_ptr<scalar_t>();
     scalar_t* v = rv.data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) {
       m[c] = scalar_t(lerp<acc_t>(m[c], acc_t(scalar_t(mean[c])), acc_t(momentum)));
-      v[c] = scalar_t(lerp<acc_t>(v[c], acc_t(scalar_t(var[c] * count / double(std::max<int64_t>(count - 1, 1)))), acc_t(momentum)));
+      v[c] = scalar_t(lerp<acc_t>(v[c], acc_t(scalar_t(var[c] * unbiased)), acc_t(momentum)));
     }
   });
+  rm.unsafeGetTensorImpl()->bump_version();
+  rv.unsafeGetTensorImpl()->bump_version();
 }
 
 }  // namespace
@@ -59,21 +85,17 @@ std::vector<at::Tensor> batch_norm_fold(const at::Tensor& sums, int64_t count, c
   const int64_t C = sums.size(0);
   TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.is_contiguous() && sums.dim() == 2 && sums.size(1) == 2,
               "batch_norm_fold: sums must be contiguous (C, 2) float64");
-  const auto f64 = act.options().dtype(at::kDouble);
-  at::Tensor mean = at::empty({C}, f64), invstd = at::empty({C}, f64), scale = at::empty({C}, f64),
-             shift = at::empty({C}, f64);
-  statistics(sums.data_ptr<double>(), C, count, bn, mean.data_ptr<double>(), invstd.data_ptr<double>());
-  const at::Tensor gamma = doubles(bn.weight), beta = doubles(bn.bias);
-  const double *g = gamma.data_ptr<double>(), *b = beta.data_ptr<double>(), *m = mean.data_ptr<double>(),
-               *is = invstd.data_ptr<double>();
-  double *sc = scale.data_ptr<double>(), *sh = shift.data_ptr<double>();
+  std::vector<double> mean(C), invstd(C), scale(C), shift(C);
+  statistics(sums.data_ptr<double>(), C, count, bn, mean.data(), invstd.data());
+  const std::vector<double> gamma = read(bn.weight), beta = read(bn.bias);
   for (int64_t c = 0; c < C; ++c) {
-    sc[c] = g[c] * is[c];
-    sh[c] = b[c] - m[c] * sc[c];
+    scale[c] = gamma[c] * invstd[c];
+    shift[c] = beta[c] - mean[c] * scale[c];
   }
   const auto opmath = at::toOpMathType(act.scalar_type());
   const auto stats = bn.weight.scalar_type() == act.scalar_type() ? bn.weight.scalar_type() : opmath;
-  return {scale.to(opmath), shift.to(opmath), mean.to(stats), invstd.to(stats)};
+  return {write(scale.data(), {C}, opmath, act), write(shift.data(), {C}, opmath, act),
+          write(mean.data(), {C}, stats, act), write(invstd.data(), {C}, stats, act)};
 }
 
 std::vector<at::Tensor> generator_norm_forward(const at::Tensor& r, const at::Tensor& r_sums,
@@ -99,19 +121,23 @@ std::vector<at::Tensor> generator_norm_forward(const at::Tensor& r, const at::Te
                     linear_weight->size(0) == R && linear_weight->size(1) == C && linear_bias->numel() == R,
                 "generator_norm_forward: the linear does not match x's sums and r");
     mean = at::empty({B, C}, f64);
-    const at::Tensor sums = doubles(*x_sums), w = doubles(*linear_weight), bias = doubles(*linear_bias);
-    const double *xs = sums.data_ptr<double>(), *wd = w.data_ptr<double>(), *bd = bias.data_ptr<double>();
     double* md = mean.data_ptr<double>();
+    const std::vector<double> sums = read(*x_sums), w = read(*linear_weight), bias = read(*linear_bias);
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, r.scalar_type(), "generator_norm_forward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto round = [](double v) { return double(scalar_t(v)); };
-      for (int64_t i = 0; i < B * C; ++i) md[i] = double(scalar_t(acc_t(xs[i]) / acc_t(hw)));  // x.mean((2, 3))
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t o = 0; o < R; ++o) {
-          double acc = round(bd[o]);
-          for (int64_t c = 0; c < C; ++c) acc += round(wd[o * C + c]) * md[b * C + c];
-          channel[b * R + o] = round(acc);
+      for (int64_t i = 0; i < B * C; ++i) md[i] = double(scalar_t(acc_t(sums[i]) / acc_t(hw)));  // x.mean((2, 3))
+      std::vector<double> wt(C * R), acc(R);  // the weight rounded and transposed: the loop over o vectorises
+      for (int64_t o = 0; o < R; ++o)
+        for (int64_t c = 0; c < C; ++c) wt[c * R + o] = round(w[o * C + c]);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t o = 0; o < R; ++o) acc[o] = round(bias[o]);
+        for (int64_t c = 0; c < C; ++c) {
+          const double m = md[b * C + c];
+          for (int64_t o = 0; o < R; ++o) acc[o] += wt[c * R + o] * m;
         }
+        for (int64_t o = 0; o < R; ++o) channel[b * R + o] = round(acc[o]);
+      }
     });
   }
   std::vector<double> t_sums(2 * R, 0.0);  // t = r + channel: its sums over the batch from r's
@@ -123,16 +149,14 @@ std::vector<at::Tensor> generator_norm_forward(const at::Tensor& r, const at::Te
       t_sums[2 * o + 1] += sq + ch * (2 * a + hw * ch);
     }
   statistics(t_sums.data(), R, B * hw, bn, t_mean, invstd);
-  const at::Tensor g = doubles(bn.weight), beta = doubles(bn.bias);
-  std::copy(g.data_ptr<double>(), g.data_ptr<double>() + R, gamma);
-  const double* bt = beta.data_ptr<double>();
-  at::Tensor scale = at::empty({R}, f64), shift = at::empty({B, R}, f64);
-  double *sc = scale.data_ptr<double>(), *sh = shift.data_ptr<double>();
-  for (int64_t o = 0; o < R; ++o) sc[o] = gamma[o] * invstd[o];
+  const std::vector<double> g = read(bn.weight), beta = read(bn.bias);
+  std::copy(g.begin(), g.end(), gamma);
+  std::vector<double> scale(R), shift(B * R);
+  for (int64_t o = 0; o < R; ++o) scale[o] = gamma[o] * invstd[o];
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t o = 0; o < R; ++o) sh[b * R + o] = bt[o] + sc[o] * (channel[b * R + o] - t_mean[o]);
+    for (int64_t o = 0; o < R; ++o) shift[b * R + o] = beta[o] + scale[o] * (channel[b * R + o] - t_mean[o]);
   const auto opmath = at::toOpMathType(r.scalar_type());
-  return {scale.to(opmath), shift.to(opmath), state, mean};
+  return {write(scale.data(), {R}, opmath, r), write(shift.data(), {B, R}, opmath, r), state, mean};
 }
 
 std::vector<at::Tensor> generator_norm_backward(const at::Tensor& r, const at::Tensor& gn_sums,
@@ -146,53 +170,49 @@ std::vector<at::Tensor> generator_norm_backward(const at::Tensor& r, const at::T
   const double* st = state.data_ptr<double>();
   const double *channel = st, *s1 = st + B * R, *t_mean = st + 2 * B * R, *invstd = t_mean + R, *gamma = invstd + R;
   const double* gs = gn_sums.data_ptr<double>();
-  const auto f64 = r.options().dtype(at::kDouble);
-  at::Tensor grad_gamma = at::zeros({R}, f64), grad_beta = at::zeros({R}, f64);
-  double *gg = grad_gamma.data_ptr<double>(), *gb = grad_beta.data_ptr<double>();
+  std::vector<double> gg(R, 0.0), gb(R, 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t o = 0; o < R; ++o) {  // grad_gamma: the sum of grad n * t_hat, t_hat = (r + channel - t_mean) * invstd
       const double g1 = gs[2 * (b * R + o)], gn_r = gs[2 * (b * R + o) + 1];
       gb[o] += g1;
       gg[o] += gn_r + (channel[b * R + o] - t_mean[o]) * g1;
     }
-  at::Tensor a = at::empty({R}, f64), q = at::empty({R}, f64), c = at::empty({B, R}, f64);
-  double *ad = a.data_ptr<double>(), *qd = q.data_ptr<double>(), *cd = c.data_ptr<double>();
+  std::vector<double> a(R), q(R), c(B * R);
   for (int64_t o = 0; o < R; ++o) {
     gg[o] *= invstd[o];
-    ad[o] = gamma[o] * invstd[o];
-    qd[o] = -ad[o] * invstd[o] * gg[o] / count;
+    a[o] = gamma[o] * invstd[o];
+    q[o] = -a[o] * invstd[o] * gg[o] / count;
   }
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t o = 0; o < R; ++o)
-      cd[b * R + o] = -ad[o] * gb[o] / count + qd[o] * (channel[b * R + o] - t_mean[o]);
+    for (int64_t o = 0; o < R; ++o) c[b * R + o] = -a[o] * gb[o] / count + q[o] * (channel[b * R + o] - t_mean[o]);
   const auto opmath = at::toOpMathType(r.scalar_type());
   const auto param = weight.scalar_type();
-  std::vector<at::Tensor> out = {a.to(opmath), q.to(opmath), c.to(opmath), at::Tensor(), grad_gamma.to(param),
-                                 grad_beta.to(param), at::Tensor(), at::Tensor()};
+  std::vector<at::Tensor> out = {write(a.data(), {R}, opmath, r), write(q.data(), {R}, opmath, r),
+                                 write(c.data(), {B, R}, opmath, r), at::Tensor(), write(gg.data(), {R}, param, r),
+                                 write(gb.data(), {R}, param, r), at::Tensor(), at::Tensor()};
   if (linear_weight.has_value()) {  // channel = linear(mean): the gradients reach the linear and, per plane, x
     const int64_t C = linear_weight->size(1);
     TORCH_CHECK(mean.has_value() && mean->scalar_type() == at::kDouble && mean->is_contiguous() &&
                     mean->numel() == B * C && linear_weight->size(0) == R,
                 "generator_norm_backward: mean (B, C) float64 and the linear weight (R, C) must match");
-    const at::Tensor w = doubles(*linear_weight);
-    const double *wd = w.data_ptr<double>(), *md = mean->data_ptr<double>();
-    at::Tensor pool = at::zeros({B, C}, f64), grad_w = at::zeros({R, C}, f64), grad_b = at::zeros({R}, f64);
-    double *pd = pool.data_ptr<double>(), *gwd = grad_w.data_ptr<double>(), *gbd = grad_b.data_ptr<double>();
+    const std::vector<double> w = read(*linear_weight);
+    const double* md = mean->data_ptr<double>();
+    std::vector<double> pool(B * C, 0.0), grad_w(R * C, 0.0), grad_b(R, 0.0);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t o = 0; o < R; ++o) {
         const int64_t i = b * R + o;
-        const double gc = ad[o] * gs[2 * i] + qd[o] * s1[i] + hw * cd[i];  // the sum of r's gradient over the plane
-        gbd[o] += gc;
+        const double gc = a[o] * gs[2 * i] + q[o] * s1[i] + hw * c[i];  // the sum of r's gradient over the plane
+        grad_b[o] += gc;
         for (int64_t k = 0; k < C; ++k) {
-          gwd[o * C + k] += gc * md[b * C + k];
-          pd[b * C + k] += gc * wd[o * C + k];
+          grad_w[o * C + k] += gc * md[b * C + k];
+          pool[b * C + k] += gc * w[o * C + k];
         }
       }
-    pool.div_(double(hw));
+    for (double& v : pool) v /= double(hw);
     const auto lin = linear_weight->scalar_type();
-    out[3] = pool.to(opmath);
-    out[6] = grad_w.to(lin);
-    out[7] = grad_b.to(lin);
+    out[3] = write(pool.data(), {B, C}, opmath, r);
+    out[6] = write(grad_w.data(), {R, C}, lin, r);
+    out[7] = write(grad_b.data(), {R}, lin, r);
   }
   return out;
 }
