@@ -153,10 +153,11 @@ def test_bf16_as_accurate_as_the_torch_modules(dtype, amp, monkeypatch):
         assert got <= max(2 * want, 1e-3), (fused, modules)
 
 
-@pytest.mark.parametrize("stride,h,w", [(2, 32, 32), (2, 7, 9), (3, 8, 5), (2, 1, 1)])
+@pytest.mark.parametrize("stride,h,w", [(2, 32, 32), (2, 6, 20), (2, 7, 9), (3, 8, 5), (2, 1, 1)])
 def test_avg_pool_equals_the_torch_pool(stride, h, w):
     """The strided generator's pool, forward and gradient, ceil mode (edge windows average what
-    they cover), float64 and bf16 (rounded once: 2**-8 relative)."""
+    they cover), float64 and bf16 (rounded once: 2**-8 relative); 2 x 2 windows that tile the
+    plane take a vector path (8 outputs a step: 32x32, and 6x20 with a tail of 2)."""
     pool = nn.AvgPool2d(stride, stride, ceil_mode=True)
     x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
     out, ref = fused_generator.avg_pool(x, pool), pool(x)
