@@ -248,7 +248,8 @@ def bivolution_applies(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`bivolution` serves this call of a ``Bivolution2d``."""
     bn = module.dynamic_bn
     return (module.static is not None and bn is not None and _plain_batchnorm(bn) and bn.training and bn.affine
-            and module.static.bias is None and _node_fits(module.dynamic, x)
+            and module.static.bias is None and (module.dynamic.proj is None or module.dynamic.proj.bias is None)
+            and _node_fits(module.dynamic, x)
             and _bivolution_pays(module, x)
             and all(p.requires_grad for p in _bivolution_parameters(module)))
 
