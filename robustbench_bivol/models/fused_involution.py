@@ -43,8 +43,10 @@ from corruptions import native
 
 CSRC = Path(__file__).with_name("csrc")
 #: The extension's translation units (the first holds the bindings) and the headers they share.
-SOURCES = (CSRC / "involution_cpu.cpp", CSRC / "kernel_generator_cpu.cpp", CSRC / "batch_norm_fold.cpp")
-HEADERS = (CSRC / "common.h", CSRC / "dot_bf16.h", CSRC / "kernel_generator_cpu.h", CSRC / "batch_norm_fold.h")
+SOURCES = (CSRC / "bindings.cpp", CSRC / "involution_cpu.cpp", CSRC / "kernel_generator_cpu.cpp",
+           CSRC / "batch_norm_fold.cpp")
+HEADERS = (CSRC / "common.h", CSRC / "dot_bf16.h", CSRC / "involution_cpu.h", CSRC / "kernel_generator_cpu.h",
+           CSRC / "batch_norm_fold.h")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 #: The dtypes the fused kernels of each device type serve.
 DTYPES = {"cpu": (torch.float32, torch.float64, torch.bfloat16),

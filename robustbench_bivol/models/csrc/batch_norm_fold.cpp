@@ -6,8 +6,10 @@
 // the same formulas and roundings as the Python they replace.
 #include "batch_norm_fold.h"
 
-#include <ATen/OpMathType.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>

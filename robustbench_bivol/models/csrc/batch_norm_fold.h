@@ -1,9 +1,9 @@
-// The batch norms that the fused training nodes fold into their passes (fused_training.py): their
+// The batch norms that the fused training nodes fold into their passes (fused_training.py), bound in bindings.cpp:
 // batch statistics from per-channel sums, the running statistics' update, and the affine maps the
 // passes apply, in float64 on a few hundred values, and the matching backward arithmetic.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

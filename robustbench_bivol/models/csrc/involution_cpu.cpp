@@ -1,6 +1,4 @@
-// Fused involution aggregation on the CPU (forward and backward), see fused_involution.py; the
-// extension's bindings, which include the fused kernel generator (kernel_generator_cpu.cpp) and the
-// batch-norm arithmetic of the fused training nodes (batch_norm_fold.cpp).
+// Fused involution aggregation on the CPU (forward and backward), see fused_involution.py.
 //
 // out[b, g*gc + c, i, j] = sum_{u,v} kernels[b, g, u*K + v, i, j]
 //                                    * x[b, g*gc + c, s*i + d*u - pad_top, s*j + d*v - pad_left]
@@ -10,17 +8,18 @@
 // and accumulates all K*K taps into one output row buffer, written once. grad_input is a gather
 // over blocks of *input* rows, so no two tasks write the same element (no atomics). bf16 at stride
 // 1 and dilation 1 runs on AVX512-BF16 dot products where the CPU has them (namespace dot_kernels).
-#include <torch/extension.h>
+#include "involution_cpu.h"
+
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
-#include <tuple>
 #include <vector>
 
-#include "batch_norm_fold.h"
 #include "common.h"
-#include "kernel_generator_cpu.h"
 
 #include "dot_bf16.h"
 
@@ -725,6 +724,8 @@ void check(const at::Tensor& x, const at::Tensor& k, int64_t K) {
 
 }  // namespace
 
+namespace bivol {
+
 std::vector<at::Tensor> involution_forward_stats(const at::Tensor& x, const at::Tensor& kernels, int64_t K,
                                                  int64_t stride, int64_t dilation, int64_t pad_top, int64_t pad_left,
                                                  bool need_stats) {
@@ -791,19 +792,6 @@ at::Tensor scale_add_(at::Tensor& out, const at::Tensor& y, const at::Tensor& sc
   return out;
 }
 
-// A BatchNorm2d's tensors and settings as Python passes them (bn.weight, bn.bias, bn.running_mean,
-// bn.running_var, bn.num_batches_tracked, bn.momentum, bn.eps).
-using BatchNormArgs = std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
-                                 c10::optional<at::Tensor>, c10::optional<double>, double>;
-
-bivol::BatchNormState batch_norm_state(const BatchNormArgs& bn) {
-  const auto& [weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps] = bn;
-  TORCH_CHECK(running_mean.has_value() == running_var.has_value() &&
-                  running_mean.has_value() == num_batches_tracked.has_value(),
-              "batch norm: running_mean, running_var and num_batches_tracked come together");
-  return {weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps};
-}
-
 bool bf16_dot() {
 #ifdef BIVOL_DOT
   return true;
@@ -812,36 +800,4 @@ bool bf16_dot() {
 #endif
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bf16_dot", &bf16_dot, "whether bf16 stride-1 aggregation runs on AVX512-BF16 (namespace dot_kernels)");
-  m.def("forward", &involution_forward, "fused involution aggregation (CPU)");
-  m.def("forward_stats", &involution_forward_stats,
-        "forward, and with need_stats the outputs' sum and sum of squares per channel, (C, 2) float64 (CPU)");
-  m.def("scale_add_", &scale_add_, "out += scale[c] * y + shift[c] (CPU)");
-  m.def("backward", &involution_backward, "gradients of the fused involution aggregation (CPU)");
-  m.def("backward_prior", &involution_backward_prior,
-        "backward, adding grad_x to grad_input_prior in place where given (CPU)");
-  m.def("separable_forward", &bivol::separable_forward, "kernel generator: depth-wise 3x3 + 1x1 (CPU)");
-  m.def("separable_backward", &bivol::separable_backward, "gradients of separable_forward (CPU)");
-  m.def("relu_pointwise_forward", &bivol::relu_pointwise_forward, "kernel generator: ReLU + 1x1 (CPU)");
-  m.def("relu_pointwise_backward", &bivol::relu_pointwise_backward, "gradients of relu_pointwise_forward (CPU)");
-  m.def(
-      "batch_norm_fold",
-      [](const at::Tensor& sums, int64_t count, const at::Tensor& act, const BatchNormArgs& bn) {
-        return bivol::batch_norm_fold(sums, count, act, batch_norm_state(bn));
-      },
-      "a batch norm of batch statistics from its input's sums, as {scale, shift, mean, invstd} (CPU)");
-  m.def(
-      "generator_norm_forward",
-      [](const at::Tensor& r, const at::Tensor& r_sums, const c10::optional<at::Tensor>& x_sums,
-         const c10::optional<at::Tensor>& linear_weight, const c10::optional<at::Tensor>& linear_bias,
-         const BatchNormArgs& bn) {
-        return bivol::generator_norm_forward(r, r_sums, x_sums, linear_weight, linear_bias, batch_norm_state(bn));
-      },
-      "kernel generator: its BN (with the channel term) folded into the passes around it (CPU)");
-  m.def("generator_norm_backward", &bivol::generator_norm_backward, "backward of generator_norm_forward (CPU)");
-  m.def("avg_pool_forward", &bivol::avg_pool_forward, "kernel generator: s x s average pool, ceil mode (CPU)");
-  m.def("avg_pool_backward", &bivol::avg_pool_backward,
-        "gradient of avg_pool_forward, added to grad_x_prior in place where given (CPU)");
-  m.def("channel_sums", &bivol::channel_sums, "sum and sum of squares per channel, (C, 2) float64 (CPU)");
-}
+}  // namespace bivol

@@ -15,8 +15,12 @@
 // added in order, so results depend on the thread count only, not on scheduling.
 #include "kernel_generator_cpu.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <vector>

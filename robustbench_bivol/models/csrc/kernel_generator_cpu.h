@@ -1,7 +1,7 @@
-// The fused kernel generator's entry points (kernel_generator_cpu.cpp), bound in involution_cpu.cpp.
+// The fused kernel generator's entry points (kernel_generator_cpu.cpp), bound in bindings.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 
