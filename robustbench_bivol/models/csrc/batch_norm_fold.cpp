@@ -1,9 +1,10 @@
 // Batch-norm arithmetic of the fused training nodes, see batch_norm_fold.h.
 //
 // Why C++: the values are vectors of a few hundred, but as torch operations from Python they
-// took ~25 calls per layer and direction at ~10 us each: about 20 ms of bivol_resnet20's training
-// step (batch 128, one thread), more than any single pass of the layer. Plain loops in float64,
-// the same formulas and roundings as the Python they replace.
+// took ~25 calls per layer and direction at ~10 us each: in-process A/B, bivol_resnet20's training
+// step (batch 128, one thread) is 9.4 ms (bf16) / 12.1 ms (fp32) shorter with these calls. Plain
+// loops in float64, the formulas of the Python they replace (results equal up to float64
+// rounding; the channel term's Linear accumulates in float64 before rounding to the input dtype).
 #include "batch_norm_fold.h"
 
 #include <ATen/Dispatch.h>
