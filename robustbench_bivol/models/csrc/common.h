@@ -108,7 +108,8 @@ inline void to_opmath(const scalar_t* src, int64_t n, acc_t* dst) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
     const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
     int64_t i = 0;
-    for (; i + VW <= n; i += VW) vstore(dst + i, widen_bf16<VW>(bits + i));  // gcc vectorises the loop below at 8
+    for (; i + VW <= n; i += VW) vstore(dst + i, widen_bf16<VW>(bits + i));
+    for (; i + V <= n; i += V) vstore(dst + i, widen_bf16<V>(bits + i));
     for (; i < n; ++i) {
       const uint32_t u = uint32_t(bits[i]) << 16;
       std::memcpy(dst + i, &u, sizeof(u));

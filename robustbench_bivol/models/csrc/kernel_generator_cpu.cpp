@@ -31,16 +31,16 @@ namespace bivol {
 namespace {
 
 // Rows [r0, r0 + n) of a (H, W) plane into rows of length wp: buffer column q holds input column
-// q - lead; zeros outside the plane.
+// q - lead; rows outside the plane are zero. The columns around a row's values are not written: the
+// buffer keeps zeros there (a zero-initialised buffer that only this function writes, at one row
+// length), which saves filling every row first: on 8-column rows the fill cost more than the values.
 template <typename scalar_t, typename acc_t>
 void load_padded(const scalar_t* plane, int64_t H, int64_t W, int64_t r0, int64_t n, int64_t lead, int64_t wp,
                  acc_t* dst) {
   for (int64_t r = 0; r < n; ++r, dst += wp) {
     const int64_t y = r0 + r;
-    std::fill(dst, dst + wp, acc_t(0));
-    if (y < 0 || y >= H) continue;
-    const scalar_t* src = plane + y * W;
-    to_opmath(src, W, dst + lead);
+    if (y < 0 || y >= H) std::fill(dst, dst + wp, acc_t(0));
+    else to_opmath(plane + y * W, W, dst + lead);
   }
 }
 
@@ -200,8 +200,10 @@ std::vector<at::Tensor> separable_forward_impl(const at::Tensor& x, const at::Te
       for (int64_t o = 0; o < s.R; ++o) {
         mix_channels(wrd + o * s.C, 1, zb.data(), zband, s.C, n * s.Wv, out.data());
         scalar_t* dst = rd + (b * s.R + o) * plane + i0 * s.W;
-        for (int64_t rr = 0; rr < n; ++rr)
-          from_opmath(&out[rr * s.Wv], s.W, dst + rr * s.W);
+        if (s.W == s.Wv)  // rows back to back in both
+          from_opmath(out.data(), n * s.W, dst);
+        else
+          for (int64_t rr = 0; rr < n; ++rr) from_opmath(&out[rr * s.Wv], s.W, dst + rr * s.W);
         if (need_stats) stored_sums<scalar_t, acc_t>(dst, nullptr, n * s.W, &sd[(t * s.R + o) * 2]);
       }
     }
@@ -228,17 +230,25 @@ struct BnGrad {
 
 template <typename scalar_t, typename acc_t>
 void load_grad_band(const scalar_t* gr, const BnGrad<scalar_t, acc_t>& bn, int64_t b, int64_t o, const Sep& s,
-                    int64_t r0, int64_t n, acc_t* dst, acc_t* tmp) {
+                    int64_t r0, int64_t n, acc_t* dst) {
   const int64_t plane = s.H * s.W, at = (b * s.R + o) * plane;
-  load_padded(gr + at, s.H, s.W, r0, n, 0, s.Wv, dst);
-  if (bn.r == nullptr) return;
+  if (bn.r == nullptr) return load_padded(gr + at, s.H, s.W, r0, n, 0, s.Wv, dst);
   const acc_t a = bn.a[o], q = bn.q[o], c = bn.c[b * s.R + o];
-  for (int64_t rr = 0; rr < n; ++rr) {
-    const int64_t y = r0 + rr;
-    if (y < 0 || y >= s.H) continue;
-    acc_t* row = dst + rr * s.Wv;
-    to_opmath(bn.r + at + y * s.W, s.W, tmp);
-    for (int64_t j = 0; j < s.W; ++j) row[j] = a * row[j] + q * tmp[j] + c;
+  // the plane's rows among the band's: [y0, y1), within [r0, r0 + n)
+  const int64_t y0 = std::min(std::max<int64_t>(r0, 0), r0 + n), y1 = std::max(std::min(r0 + n, s.H), y0);
+  std::fill(dst, dst + (y0 - r0) * s.Wv, acc_t(0));  // rows above and below the plane
+  std::fill(dst + (y1 - r0) * s.Wv, dst + n * s.Wv, acc_t(0));
+  // the plane's rows: one run where they lie back to back in the band too (W a multiple of V)
+  const bool whole = s.W == s.Wv;
+  const int64_t len = whole ? (y1 - y0) * s.W : s.W;
+  for (int64_t y = y0; y < y1; y += whole ? y1 - y0 : 1) {
+    const scalar_t* g = gr + at + y * s.W;
+    const scalar_t* r = bn.r + at + y * s.W;
+    acc_t* row = dst + (y - r0) * s.Wv;
+    int64_t j = 0;
+    for (; j + V <= len; j += V)
+      vstore(row + j, a * vload_opmath<scalar_t, acc_t>(g + j) + q * vload_opmath<scalar_t, acc_t>(r + j) + c);
+    for (; j < len; ++j) row[j] = a * acc_t(g[j]) + q * acc_t(r[j]) + c;
   }
 }
 
@@ -261,7 +271,7 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
   const int64_t band = (rb + 2) * s.Wp + 2, gband = (rb + 2) * s.Wv, zband = rb * s.Wv;
   const int64_t n_wr = s.R * s.C, n_wd = s.dw ? s.C * 9 : 0;  // weight-gradient sums, V lanes each
   std::vector<acc_t> sums = chunked_sum<acc_t>(s.B * nblocks, (n_wr + n_wd) * V, [&](int64_t t0, int64_t t1, acc_t* part) {
-    std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband), tmp(s.W);
+    std::vector<acc_t> xb(s.C * band), gb((s.R + 3) * gband), gz(band), zb(zband), row(gband);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nblocks, i0 = (t % nblocks) * rb, n = std::min(rb, s.H - i0);
       for (int64_t c = 0; c < s.C; ++c) {
@@ -269,7 +279,7 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
         std::fill_n(&xb[c * band + (n + 2) * s.Wp], 2, acc_t(0));
       }
       for (int64_t o = 0; o < s.R; ++o)  // grad rows i0 - 1 .. i0 + n, zero outside the image and past W
-        load_grad_band(gd, bn, b, o, s, i0 - 1, n + 2, &gb[o * gband], tmp.data());
+        load_grad_band(gd, bn, b, o, s, i0 - 1, n + 2, &gb[o * gband]);
       for (int64_t c = 0; c < s.C; ++c) {
         const acc_t* xc = &xb[c * band];
         // grad Wr[o, c] += gr[o] . z[c] over the block's rows
@@ -288,7 +298,7 @@ std::vector<at::Tensor> separable_backward_impl(const at::Tensor& gr, const at::
         for (int64_t rr = 0; rr < n + 2; ++rr) {
           acc_t* dst = &gz[rr * s.Wp];
           dst[0] = 0;
-          std::copy(&row[rr * s.Wv], &row[(rr + 1) * s.Wv], dst + 1);
+          for (int64_t j = 0; j < s.Wv; j += V) vstore(dst + 1 + j, vload(&row[rr * s.Wv + j]));
           dst[s.Wv + 1] = 0;
         }
         if (s.dw) {  // grad Wd[c, uv] += gz[c] . x[c] shifted by the tap, over band rows 1..n at once
