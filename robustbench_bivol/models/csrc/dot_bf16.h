@@ -22,8 +22,10 @@ template <>
 struct Simd<16> {
   using f = __m512;
   using i = __m512i;
+  using mask = __mmask32;  // one bit per bf16 word of a vector
   static f zero() { return _mm512_setzero_ps(); }
   static i load(const void* p) { return _mm512_loadu_si512(p); }
+  static i load_masked(const uint16_t* p, mask m) { return _mm512_maskz_loadu_epi16(m, p); }
   static void store_words(uint32_t* p, i v) { _mm512_storeu_si512(p, v); }
   static f add(f a, f b) { return _mm512_add_ps(a, b); }
   static __mmask32 cols_mask(int64_t lo, int64_t hi) {  // lanes [lo, hi) of 2L, clamped
@@ -81,8 +83,10 @@ template <>
 struct Simd<8> {
   using f = __m256;
   using i = __m256i;
+  using mask = __mmask16;
   static f zero() { return _mm256_setzero_ps(); }
   static i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static i load_masked(const uint16_t* p, mask m) { return _mm256_maskz_loadu_epi16(m, p); }
   static void store_words(uint32_t* p, i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static f add(f a, f b) { return _mm256_add_ps(a, b); }
   static __mmask16 cols_mask(int64_t lo, int64_t hi) {
@@ -141,6 +145,16 @@ inline void copy_band(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, i
       const __mmask32 mask = y < 0 || y >= h ? 0 : __mmask32(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
       _mm512_storeu_si512(dst + q0, _mm512_maskz_loadu_epi16(mask, plane + y * rs + q0 - lead));
     }
+  }
+}
+
+// Rows [r0, r0 + n) of a (h, w) plane (row stride rs) back to back, w words each, zero rows
+// outside the plane: the band of packed rows (involution_cpu.cpp, rows_per_vector).
+inline void copy_rows(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, int64_t r0, int64_t n, uint16_t* dst) {
+  for (int64_t r = 0; r < n; ++r, dst += w) {
+    const int64_t y = r0 + r;
+    if (y < 0 || y >= h) std::fill(dst, dst + w, uint16_t(0));
+    else std::copy(plane + y * rs, plane + y * rs + w, dst);
   }
 }
 
