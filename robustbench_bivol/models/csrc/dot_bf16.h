@@ -44,12 +44,17 @@ struct Simd<16> {
   // L columns of two rows as words (lo[l], hi[l]) in column order; lanes outside [lo0, lo1) of lo
   // and [hi0, hi1) of hi are zero (and not read)
   static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
-    const auto mask = [](int64_t a, int64_t b) {
-      a = std::clamp<int64_t>(a, 0, 16), b = std::clamp<int64_t>(b, a, 16);
-      return __mmask16(((1u << b) - 1) & ~((1u << a) - 1));
-    };
-    return _mm512_or_si512(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(lo0, lo1), lo)),
-                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
+    return interleave(lo, lanes(lo0, lo1), hi, lanes(hi0, hi1));
+  }
+  using lane_mask = __mmask16;  // one bit per float lane
+  static lane_mask lanes(int64_t a, int64_t b) {  // lanes [a, b), clamped
+    a = std::clamp<int64_t>(a, 0, 16), b = std::clamp<int64_t>(b, a, 16);
+    return lane_mask(((1u << b) - 1) & ~((1u << a) - 1));
+  }
+  // interleave with the lanes given as masks (precomputed where a loop repeats them)
+  static i interleave(const uint16_t* lo, lane_mask mlo, const uint16_t* hi, lane_mask mhi) {
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mlo, lo)),
+                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mhi, hi)), 16));
   }
   // L floats rounded to bf16, the first ``cols`` stored
   static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
@@ -101,12 +106,16 @@ struct Simd<8> {
   }
   static i zeros() { return _mm256_setzero_si256(); }
   static i interleave(const uint16_t* lo, int64_t lo0, int64_t lo1, const uint16_t* hi, int64_t hi0, int64_t hi1) {
-    const auto mask = [](int64_t a, int64_t b) {
-      a = std::clamp<int64_t>(a, 0, 8), b = std::clamp<int64_t>(b, a, 8);
-      return __mmask8(((1u << b) - 1) & ~((1u << a) - 1));
-    };
-    return _mm256_or_si256(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(lo0, lo1), lo)),
-                           _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mask(hi0, hi1), hi)), 16));
+    return interleave(lo, lanes(lo0, lo1), hi, lanes(hi0, hi1));
+  }
+  using lane_mask = __mmask8;
+  static lane_mask lanes(int64_t a, int64_t b) {
+    a = std::clamp<int64_t>(a, 0, 8), b = std::clamp<int64_t>(b, a, 8);
+    return lane_mask(((1u << b) - 1) & ~((1u << a) - 1));
+  }
+  static i interleave(const uint16_t* lo, lane_mask mlo, const uint16_t* hi, lane_mask mhi) {
+    return _mm256_or_si256(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mlo, lo)),
+                           _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(mhi, hi)), 16));
   }
   static void store_cols(f v, int64_t cols, c10::BFloat16* dst) {
     const __mmask8 mask = cols >= 8 ? __mmask8(0xFF) : __mmask8((1u << cols) - 1);

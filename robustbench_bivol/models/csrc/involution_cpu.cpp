@@ -445,6 +445,10 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
   const int64_t P = (g.gc + 1) / 2, wq = round_up(g.Wo, L), width = round_up(wq + g.K - 1, L);
   const int64_t rb = rows_per_block(g.Ho, g.Wo), nblocks = (g.Ho + rb - 1) / rb;  // bands of ~512 words a channel pair
   const int64_t band = g.band_rows(rb) * width;
+  // the lanes of each column block inside the map: of x's band (column q - pl) and of grad_out
+  std::vector<typename Vec::lane_mask> x_lanes(width / L), g_lanes(wq / L);
+  for (int64_t q0 = 0; q0 < width; q0 += L) x_lanes[q0 / L] = Vec::lanes(g.pl - q0, g.pl - q0 + g.W);
+  for (int64_t j0 = 0; j0 < wq; j0 += L) g_lanes[j0 / L] = Vec::lanes(0, g.Wo - j0);
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> xbuf(P * band), gbuf(P * rb * wq);
     for (int64_t t = begin; t < end; ++t) {
@@ -460,20 +464,20 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
         const int64_t c = std::min(2 * p, g.gc - 2), ch = grp * g.gc + c;  // channels (c, c + 1)
         const uint16_t* xlo = xd + b * xsb + ch * xsc;
         for (int64_t a = 0; a < rows; ++a) {  // band column q is x column q - pl, zero outside x
-          const int64_t y = i0 - g.pt + a, valid = y >= 0 && y < g.H ? g.W : 0;
+          const int64_t y = i0 - g.pt + a;
+          const bool inside = y >= 0 && y < g.H;
           for (int64_t q0 = 0; q0 < width; q0 += L) {
             const uint16_t* src = xlo + y * xsh + q0 - g.pl;
-            Vec::store_words(&xbuf[p * band + a * width + q0],
-                             Vec::interleave(src, g.pl - q0, g.pl - q0 + valid, src + xsc, g.pl - q0,
-                                             g.pl - q0 + valid));
+            const typename Vec::lane_mask m = inside ? x_lanes[q0 / L] : 0;
+            Vec::store_words(&xbuf[p * band + a * width + q0], Vec::interleave(src, m, src + xsc, m));
           }
         }
         const uint16_t* glo = gd + (b * g.C + ch) * plane + i0 * g.Wo;
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j0 = 0; j0 < wq; j0 += L) {
             const uint16_t* src = glo + r * g.Wo + j0;
-            Vec::store_words(&gbuf[(p * rb + r) * wq + j0],
-                             Vec::interleave(src, 0, c == 2 * p ? g.Wo - j0 : 0, src + plane, 0, g.Wo - j0));
+            const typename Vec::lane_mask m = g_lanes[j0 / L];
+            Vec::store_words(&gbuf[(p * rb + r) * wq + j0], Vec::interleave(src, c == 2 * p ? m : 0, src + plane, m));
           }
       }
       c10::BFloat16* kg = gkd + bg * g.KK * plane + i0 * g.Wo;
