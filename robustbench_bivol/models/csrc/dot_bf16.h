@@ -157,16 +157,6 @@ inline void copy_band(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, i
   }
 }
 
-// Rows [r0, r0 + n) of a (h, w) plane (row stride rs) back to back, w words each, zero rows
-// outside the plane: the band of packed rows (involution_cpu.cpp, rows_per_vector).
-inline void copy_rows(const uint16_t* plane, int64_t rs, int64_t h, int64_t w, int64_t r0, int64_t n, uint16_t* dst) {
-  for (int64_t r = 0; r < n; ++r, dst += w) {
-    const int64_t y = r0 + r;
-    if (y < 0 || y >= h) std::fill(dst, dst + w, uint16_t(0));
-    else std::copy(plane + y * rs, plane + y * rs + w, dst);
-  }
-}
-
 // The sum and the sum of squares of n bf16 values into stats[0], stats[1].
 inline void block_stats(const c10::BFloat16* values, int64_t n, double* stats) {
   __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();

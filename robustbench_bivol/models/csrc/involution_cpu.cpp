@@ -195,12 +195,12 @@ void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbu
 
 // One block of 2L output columns of CB channels: even / odd[cc] = the sum over kernel rows u and
 // tap pairs m of the paired kernels at kernel_at(u, m) times the band words at
-// bands + cc * band + offset_at(u, m) (even columns) and one further on (odd columns). With
-// ``masks`` (packed rows, see rows_per_vector), the words of pair m's even and odd loads outside
-// masks[2m] and masks[2m + 1] read as zero.
-template <int L, int64_t CB, typename KernelAt, typename OffsetAt>
+// bands + cc * band + offset_at(u, m) (even columns) and one further on (odd columns). ``Masked``
+// (rows read in place, see rows_per_vector): only the words in mask_at(u, m, parity) are read, the
+// others are zero.
+template <int L, int64_t CB, bool Masked, typename KernelAt, typename OffsetAt, typename MaskAt>
 inline void dot_block(int64_t K, const uint16_t* bands, int64_t band, const KernelAt& kernel_at,
-                      const OffsetAt& offset_at, const typename Simd<L>::mask* masks, typename Simd<L>::f* even,
+                      const OffsetAt& offset_at, const MaskAt& mask_at, typename Simd<L>::f* even,
                       typename Simd<L>::f* odd) {
   using Vec = Simd<L>;
   for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
@@ -209,21 +209,33 @@ inline void dot_block(int64_t K, const uint16_t* bands, int64_t band, const Kern
       const uint32_t* kp = kernel_at(u, m);
       const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
       const uint16_t* words = bands + offset_at(u, m);
-      for (int64_t cc = 0; cc < CB; ++cc) {  // past the block's channels: stale or zero values, never stored
-        const uint16_t* w = words + cc * band;
-        even[cc] = Vec::dp(even[cc], ke, masks == nullptr ? Vec::load(w) : Vec::load_masked(w, masks[2 * m]));
-        odd[cc] = Vec::dp(odd[cc], ko, masks == nullptr ? Vec::load(w + 1) : Vec::load_masked(w + 1, masks[2 * m + 1]));
+      if constexpr (Masked) {
+        const typename Vec::mask me = mask_at(u, m, 0), mo = mask_at(u, m, 1);
+        for (int64_t cc = 0; cc < CB; ++cc) {
+          even[cc] = Vec::dp(even[cc], ke, Vec::load_masked(words + cc * band, me));
+          odd[cc] = Vec::dp(odd[cc], ko, Vec::load_masked(words + cc * band + 1, mo));
+        }
+      } else {
+        for (int64_t cc = 0; cc < CB; ++cc) {  // past the block's channels: stale or zero values, never stored
+          even[cc] = Vec::dp(even[cc], ke, Vec::load(words + cc * band));
+          odd[cc] = Vec::dp(odd[cc], ko, Vec::load(words + cc * band + 1));
+        }
       }
     }
 }
 
-// Output rows per vector block. A block is 2L columns; on maps narrower than that (8 or 16
-// columns at L = 16) whole rows are packed into it, 2L / Wo of them, instead of leaving the lanes
-// past Wo idle: the band then holds x's rows back to back, Wo words each (no padding columns), and
-// masked loads zero the words a row's window takes from its neighbours (rows_masks). 1: unpacked.
-inline int64_t rows_per_vector(const Geometry& g, int L, int64_t rb) {
-  const int64_t p = g.Wo < 2 * L && (2 * L) % g.Wo == 0 ? 2 * L / g.Wo : 1;
-  return g.W == g.Wo && g.Ho % p == 0 && rb % p == 0 && g.K < 2 * L ? p : 1;  // K < 2L: loads stay in the slack
+constexpr int64_t kChannels = 8;  // channels per register block of forward and grad_input
+
+// Output rows per block where the kernels read x (forward) or grad_out (grad_input) in place:
+// where whole rows fill a block of 2L columns (2L / Wo of them: 1 at 32 columns, 4 at 8) and lie
+// back to back (row stride W). Their words come straight from the tensor through masked loads,
+// which zero the words a row's window would take from its neighbours or from rows outside the map
+// (rows_masks, rows_between): the same zeros a padded band held, without copying the band. Small
+// maps also stop leaving the lanes past Wo idle. 0: the padded band (other widths and strides).
+inline int64_t rows_per_vector(const Geometry& g, int L, int64_t rb, int64_t row_stride) {
+  if (g.W != g.Wo || (2 * L) % g.Wo != 0 || row_stride != g.W || g.K >= 2 * L || g.gc % kChannels != 0) return 0;
+  const int64_t p = 2 * L / g.Wo;
+  return g.Ho % p == 0 && rb % p == 0 ? p : 0;
 }
 
 // For packed rows: masks[2m + parity] marks the words of tap pair m's even (parity 0) or odd load
@@ -254,62 +266,71 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
              int64_t rb) {
   using Vec = Simd<L>;
   using f = typename Vec::f;
-  constexpr int64_t CB = 8;
+  constexpr int64_t CB = kChannels;
   const uint16_t* xd = bits(x.data_ptr<c10::BFloat16>());
   const uint16_t* kd = bits(k.data_ptr<c10::BFloat16>());
   c10::BFloat16* od = out.data_ptr<c10::BFloat16>();
   const int64_t xsb = x.stride(0), xsc = x.stride(1), xsh = x.stride(2), plane = g.Ho * g.Wo;
-  // packed: P output rows per block, the kernels paired as rows of 2L columns
-  const int64_t P = rows_per_vector(g, L, rb);
+  // in place (see rows_per_vector): P output rows per block, the kernels paired as rows of 2L columns
+  const int64_t P = rows_per_vector(g, L, rb, xsh), block_rows = std::max<int64_t>(P, 1);
   Geometry gk = g;
-  if (P > 1) gk.Ho = g.Ho / P, gk.Wo = 2 * L;
+  if (P > 0) gk.Ho = g.Ho / P, gk.Wo = 2 * L;
   const std::vector<typename Vec::mask> masks =
-      P > 1 ? rows_masks<L>(g, [&](int64_t m) { return low_tap(m, g.K) - g.pl; }) : std::vector<typename Vec::mask>();
-  const int64_t M = g.K / 2 + g.K % 2, wq = round_up(gk.Wo, 2 * L);
-  // a packed band holds rows of W words after 2L words of slack (the masked loads start up to pl
-  // words before a row); an unpacked one rows of ``width`` words, x's column q - pl at word q
-  const int64_t width = P > 1 ? g.W : round_up(wq + g.K - 1, 32), lead = P > 1 ? 2 * L : 0;
-  const int64_t band = g.band_rows(rb) * width + 2 * lead;
+      P > 0 ? rows_masks<L>(g, [&](int64_t m) { return low_tap(m, g.K) - g.pl; }) : std::vector<typename Vec::mask>();
+  // otherwise a band of x's rows, ``width`` words each, x's column q - pl at word q
+  const int64_t M = g.K / 2 + g.K % 2, wq = round_up(gk.Wo, 2 * L), width = round_up(wq + g.K - 1, 32);
+  const int64_t band = P > 0 ? 0 : g.band_rows(rb) * width;
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> kbuf(g.K * M * rb / P * wq);
+    std::vector<uint32_t> kbuf(g.K * M * rb / block_rows * wq);
     std::vector<uint16_t> xbuf(CB * band);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
-      const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0);
+      const int64_t i0 = blk * rb, n = std::min(rb, g.Ho - i0), nv = n / block_rows;
       if (t + 1 < end) {  // the next task's kernels and rows of x
         const int64_t next = (t + 1) / nblocks, ni0 = (t + 1) % nblocks * rb, nn = std::min(rb, g.Ho - ni0);
         for (int64_t uv = 0; uv < g.KK; ++uv) prefetch_rows(kd + (next * g.KK + uv) * plane, g.Wo, g.Ho, ni0, nn, g.Wo);
         prefetch_x_band(xd, xsb, xsc, xsh, g, t + 1, nblocks, rb);
       }
-      const int64_t nv = n / P;  // blocks of rows
       pair_kernels<L>(kd + bg * g.KK * plane + i0 * g.Wo, gk, nv, kbuf.data());
       for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
         const int64_t nc = std::min(CB, g.gc - c0);
-        for (int64_t cc = 0; cc < nc; ++cc) {
-          const uint16_t* plane_x = xd + b * xsb + (grp * g.gc + c0 + cc) * xsc;
-          if (P > 1)
-            copy_rows(plane_x, xsh, g.H, g.W, i0 - g.pt, g.band_rows(n), &xbuf[cc * band + lead]);
-          else
-            copy_band(plane_x, xsh, g.H, g.W, i0 - g.pt, g.band_rows(n), g.pl, width, &xbuf[cc * band]);
-        }
-        for (int64_t r = 0; r < nv; ++r)
-          for (int64_t j0 = 0; j0 < gk.Wo; j0 += 2 * L) {
-            f even[CB], odd[CB];
-            dot_block<L, CB>(
-                g.K, xbuf.data(), band, [&](int64_t u, int64_t m) { return &kbuf[((u * M + m) * nv + r) * wq + j0]; },
-                [&](int64_t u, int64_t m) {
-                  return P > 1 ? lead + (r * P + u) * width + low_tap(m, g.K) - g.pl
-                               : (r + u) * width + j0 + low_tap(m, g.K);
+        const uint16_t* xs = xd + b * xsb + (grp * g.gc + c0) * xsc;
+        c10::BFloat16* os = od + (b * g.C + grp * g.gc + c0) * plane + i0 * g.Wo;
+        f even[CB], odd[CB];
+        const auto kernel_at = [&](int64_t r, int64_t j0) {
+          return [&, r, j0](int64_t u, int64_t m) { return &kbuf[((u * M + m) * nv + r) * wq + j0]; };
+        };
+        const auto store = [&](int64_t r, int64_t j0) {  // in place: rows r * P .. r * P + P - 1, back to back
+          for (int64_t cc = 0; cc < nc; ++cc)
+            Vec::store(even[cc], odd[cc], std::min<int64_t>(2 * L, gk.Wo - j0), os + cc * plane + r * gk.Wo + j0);
+        };
+        if (P > 0) {
+          for (int64_t r = 0; r < nv; ++r) {
+            const int64_t y0 = i0 - g.pt + r * P;  // the input row of kernel row 0 for the block's first row
+            dot_block<L, CB, true>(
+                g.K, xs, xsc, kernel_at(r, 0), [&](int64_t u, int64_t m) { return (y0 + u) * xsh + low_tap(m, g.K) - g.pl; },
+                [&](int64_t u, int64_t m, int64_t parity) {
+                  const int64_t y = y0 + u;
+                  return masks[2 * m + parity] & rows_between<L>(std::clamp<int64_t>(-y, 0, P), std::clamp<int64_t>(g.H - y, 0, P), g.W);
                 },
-                P > 1 ? masks.data() : nullptr, even, odd);
-            const int64_t cols = std::min<int64_t>(2 * L, gk.Wo - j0);
-            for (int64_t cc = 0; cc < nc; ++cc)  // packed: rows r * P .. r * P + P - 1, back to back
-              Vec::store(even[cc], odd[cc], cols, od + (b * g.C + grp * g.gc + c0 + cc) * plane + i0 * g.Wo + r * gk.Wo + j0);
+                even, odd);
+            store(r, 0);
           }
+        } else {
+          for (int64_t cc = 0; cc < nc; ++cc)
+            copy_band(xs + cc * xsc, xsh, g.H, g.W, i0 - g.pt, g.band_rows(n), g.pl, width, &xbuf[cc * band]);
+          for (int64_t r = 0; r < n; ++r)
+            for (int64_t j0 = 0; j0 < g.Wo; j0 += 2 * L) {
+              dot_block<L, CB, false>(
+                  g.K, xbuf.data(), band, kernel_at(r, j0),
+                  [&](int64_t u, int64_t m) { return (r + u) * width + j0 + low_tap(m, g.K); },
+                  [](int64_t, int64_t, int64_t) { return typename Vec::mask(0); }, even, odd);
+              store(r, j0);
+            }
+        }
         if (sd != nullptr)
           for (int64_t cc = 0; cc < nc; ++cc)  // from the stored values, still in cache
-            block_stats(od + (b * g.C + grp * g.gc + c0 + cc) * plane + i0 * g.Wo, n * g.Wo,
-                        &sd[(t * g.gc + c0 + cc) * 2]);
+            block_stats(os + cc * plane, n * g.Wo, &sd[(t * g.gc + c0 + cc) * 2]);
       }
     }
   });
@@ -324,35 +345,39 @@ template <int L>
 void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const Geometry& g, bool prior) {
   using Vec = Simd<L>;
   using f = typename Vec::f;
-  constexpr int64_t CB = 8;
+  constexpr int64_t CB = kChannels;
   const uint16_t* kd = bits(k.data_ptr<c10::BFloat16>());
   const uint16_t* gd = bits(go.data_ptr<c10::BFloat16>());
   c10::BFloat16* gxd = gx.data_ptr<c10::BFloat16>();
   const int64_t span = g.K - 1, plane = g.Ho * g.Wo, M = g.K / 2 + g.K % 2;
   const int64_t rb = rows_per_block(g.H, g.W), nblocks = (g.H + rb - 1) / rb;
-  // packed (see rows_per_vector): P input rows per block; grad_out's window as rows of W words after
-  // 2L words of slack, the kernels paired for every window row a block can start at
-  const int64_t P = rows_per_vector(g, L, rb), lead = P > 1 ? 2 * L : 0;
-  const int64_t wq = P > 1 ? 2 * L : round_up(g.W, 2 * L), width = P > 1 ? g.W : round_up(wq + span, 32);
-  const int64_t win = (rb + span) * width + 2 * lead;
+  // in place (see rows_per_vector): P input rows per block, the kernels paired for every window
+  // row a block can start at; otherwise a band of grad_out's window, ``width`` words a row
+  const int64_t P = rows_per_vector(g, L, rb, g.Wo);
+  const int64_t wq = P > 0 ? 2 * L : round_up(g.W, 2 * L), width = round_up(wq + span, 32);
+  const int64_t win = P > 0 ? 0 : (rb + span) * width;
   const std::vector<typename Vec::mask> masks =
-      P > 1 ? rows_masks<L>(g, [&](int64_t m) { return g.pl - low_tap(m, g.K) - 1; }) : std::vector<typename Vec::mask>();
-  // packed kernels: words of column j read the kernel of output column j + shift, in [0, Wo) for
-  // shift -v - 1 + pl (tap v + 1, the low word) and -v + pl (tap v)
+      P > 0 ? rows_masks<L>(g, [&](int64_t m) { return g.pl - low_tap(m, g.K) - 1; }) : std::vector<typename Vec::mask>();
+  // in place, the kernels: words of column j read the kernel of output column j + shift, in
+  // [0, Wo) for shift -v - 1 + pl (tap v + 1, the low word) and -v + pl (tap v)
   std::vector<typename Vec::mask> kernel_cols(2 * g.K, 0);
-  for (int64_t v = 0; P > 1 && v < g.K; ++v)
+  for (int64_t v = 0; P > 0 && v < g.K; ++v)
     for (int64_t w = 0; w < 2 * L; ++w)
       for (int64_t high = 0; high < 2; ++high) {
         const int64_t col = w % g.W + g.pl - v - 1 + high;
         if (col >= 0 && col < g.Wo) kernel_cols[2 * v + high] |= typename Vec::mask(1) << w;
       }
+  // the words of a block of P rows from output row i that lie inside the map
+  const auto rows_inside = [&](int64_t i) {
+    return rows_between<L>(std::clamp<int64_t>(-i, 0, P), std::clamp<int64_t>(g.Ho - i, 0, P), g.W);
+  };
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> kbuf(g.K * M * (rb + span) * wq);
     std::vector<uint16_t> gbuf(CB * win);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t blk = t % nblocks, bg = t / nblocks, b = bg / g.G, grp = bg % g.G;
       const int64_t y0 = blk * rb, ny = std::min(rb, g.H - y0), i0 = y0 + g.pt - span, rows = ny + span;
-      const int64_t na = P > 1 ? rows - P + 1 : rows;  // kernel rows paired (packed: block starts)
+      const int64_t na = P > 0 ? rows - P + 1 : rows;  // kernel rows paired (in place: block starts)
       if (t + 1 < end) {  // the next task's kernels, rows of grad_out and, with prior, of gx
         const int64_t next = (t + 1) / nblocks, ny0 = (t + 1) % nblocks * rb, nny = std::min(rb, g.H - ny0);
         for (int64_t uv = 0; uv < g.KK; ++uv)
@@ -363,7 +388,7 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
           if (prior) prefetch_rows(gxd + ch * g.H * g.W, g.W, g.H, ny0, nny, g.W);
         }
       }
-      // kbuf[((u * M + m) * na + a) * wq + p]: window row a is output row i0 + a (packed: the block
+      // kbuf[((u * M + m) * na + a) * wq + p]: window row a is output row i0 + a (in place: the block
       // of P rows from it)
       for (int64_t u = 0; u < g.K; ++u)
         for (int64_t m = 0; m < M; ++m) {
@@ -374,12 +399,12 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
             const int64_t i = i0 + a;
             for (int64_t x0 = 0; x0 < wq; x0 += 2 * L) {
               typename Vec::i lo = Vec::zeros(), hi = lo, even, odd;
-              if (P > 1) {  // rows i .. i + P - 1, those inside the map
-                const auto rows_in = rows_between<L>(std::clamp<int64_t>(-i, 0, P), std::clamp<int64_t>(g.Ho - i, 0, P), g.W);
+              if (P > 0) {
+                const typename Vec::mask inside = rows_inside(i);
                 const int64_t j_lo = g.pl - v - 1;  // output column of lane 0's low word
-                if (rows_in != 0) {
-                  lo = Vec::load_masked(hi_plane + plane + i * g.Wo + j_lo, rows_in & kernel_cols[2 * v]);
-                  if (real_hi) hi = Vec::load_masked(hi_plane + i * g.Wo + j_lo + 1, rows_in & kernel_cols[2 * v + 1]);
+                if (inside != 0) {
+                  lo = Vec::load_masked(hi_plane + plane + i * g.Wo + j_lo, inside & kernel_cols[2 * v]);
+                  if (real_hi) hi = Vec::load_masked(hi_plane + i * g.Wo + j_lo + 1, inside & kernel_cols[2 * v + 1]);
                 }
               } else if (i >= 0 && i < g.Ho) {
                 const int64_t j_lo = x0 + g.pl - v - 1, j_hi = j_lo + 1;  // output columns of lane 0
@@ -395,36 +420,45 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
         }
       for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
         const int64_t nc = std::min(CB, g.gc - c0);
-        for (int64_t cc = 0; cc < nc; ++cc) {  // window column e is output column e + pl - span
-          const uint16_t* plane_g = gd + (b * g.C + grp * g.gc + c0 + cc) * plane;
-          if (P > 1)
-            copy_rows(plane_g, g.Wo, g.Ho, g.Wo, i0, rows, &gbuf[cc * win + lead]);
-          else
-            copy_band(plane_g, g.Wo, g.Ho, g.Wo, i0, rows, span - g.pl, width, &gbuf[cc * win]);
-        }
-        for (int64_t r = 0; r < ny; r += P)
-          for (int64_t x0 = 0; x0 < (P > 1 ? 2 * L : g.W); x0 += 2 * L) {
-            f even[CB], odd[CB];  // window row r + span - u holds kernel row u's output row
-            dot_block<L, CB>(
-                g.K, gbuf.data(), win,
-                [&](int64_t u, int64_t m) { return &kbuf[((u * M + m) * na + r + span - u) * wq + x0]; },
-                [&](int64_t u, int64_t m) {
-                  return P > 1 ? lead + (r + span - u) * width + g.pl - low_tap(m, g.K) - 1
-                               : (r + span - u) * width + x0 + span - low_tap(m, g.K) - 1;
-                },
-                P > 1 ? masks.data() : nullptr, even, odd);
-            const int64_t cols = P > 1 ? 2 * L : std::min<int64_t>(2 * L, g.W - x0);
-            for (int64_t cc = 0; cc < nc; ++cc) {  // packed: rows r .. r + P - 1, back to back
-              c10::BFloat16* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
-              if (prior) {  // gx already holds another gradient of x
-                f pe, po;
-                Vec::load_even_odd(dst, cols, pe, po);
-                even[cc] = Vec::add(even[cc], pe);
-                odd[cc] = Vec::add(odd[cc], po);
-              }
-              Vec::store(even[cc], odd[cc], cols, dst);
+        const uint16_t* gs = gd + (b * g.C + grp * g.gc + c0) * plane;
+        f even[CB], odd[CB];
+        const auto kernel_at = [&](int64_t r, int64_t x0) {  // window row r + span - u holds kernel row u's output row
+          return [&, r, x0](int64_t u, int64_t m) { return &kbuf[((u * M + m) * na + r + span - u) * wq + x0]; };
+        };
+        const auto store = [&](int64_t r, int64_t x0) {  // in place: rows r .. r + P - 1, back to back
+          const int64_t cols = std::min<int64_t>(2 * L, (P > 0 ? P * g.W : g.W) - x0);
+          for (int64_t cc = 0; cc < nc; ++cc) {
+            c10::BFloat16* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
+            if (prior) {  // gx already holds another gradient of x
+              f pe, po;
+              Vec::load_even_odd(dst, cols, pe, po);
+              even[cc] = Vec::add(even[cc], pe);
+              odd[cc] = Vec::add(odd[cc], po);
             }
+            Vec::store(even[cc], odd[cc], cols, dst);
           }
+        };
+        if (P > 0) {
+          for (int64_t r = 0; r < ny; r += P) {
+            dot_block<L, CB, true>(
+                g.K, gs, plane, kernel_at(r, 0),
+                [&](int64_t u, int64_t m) { return (i0 + r + span - u) * g.Wo + g.pl - low_tap(m, g.K) - 1; },
+                [&](int64_t u, int64_t m, int64_t parity) { return masks[2 * m + parity] & rows_inside(i0 + r + span - u); },
+                even, odd);
+            store(r, 0);
+          }
+        } else {
+          for (int64_t cc = 0; cc < nc; ++cc)  // window column e is output column e + pl - span
+            copy_band(gs + cc * plane, g.Wo, g.Ho, g.Wo, i0, rows, span - g.pl, width, &gbuf[cc * win]);
+          for (int64_t r = 0; r < ny; ++r)
+            for (int64_t x0 = 0; x0 < g.W; x0 += 2 * L) {
+              dot_block<L, CB, false>(
+                  g.K, gbuf.data(), win, kernel_at(r, x0),
+                  [&](int64_t u, int64_t m) { return (r + span - u) * width + x0 + span - low_tap(m, g.K) - 1; },
+                  [](int64_t, int64_t, int64_t) { return typename Vec::mask(0); }, even, odd);
+              store(r, x0);
+            }
+        }
       }
     }
   });
@@ -518,7 +552,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, con
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
     if (dot_kernels::serves(g))
-      return g.Wo > 16 || dot_kernels::rows_per_vector(g, 16, rb) > 1
+      return g.Wo > 16 || dot_kernels::rows_per_vector(g, 16, rb, x.stride(2)) > 0
                  ? dot_kernels::forward<16>(x, k, out, g, sd, nblocks, rb)
                  : dot_kernels::forward<8>(x, k, out, g, sd, nblocks, rb);
 #endif
@@ -762,7 +796,7 @@ void grad_input_impl(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, 
 #ifdef BIVOL_DOT
   if constexpr (S == 1 && std::is_same_v<scalar_t, c10::BFloat16>)
     if (dot_kernels::serves(g))
-      return g.W > 16 || dot_kernels::rows_per_vector(g, 16, rows_per_block(g.H, g.W)) > 1
+      return g.W > 16 || dot_kernels::rows_per_vector(g, 16, rows_per_block(g.H, g.W), g.Wo) > 0
                  ? dot_kernels::grad_input<16>(go, k, gx, g, prior)
                  : dot_kernels::grad_input<8>(go, k, gx, g, prior);
 #endif
