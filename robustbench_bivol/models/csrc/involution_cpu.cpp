@@ -196,32 +196,39 @@ void pair_kernels(const uint16_t* k, const Geometry& g, int64_t n, uint32_t* kbu
 // One block of 2L output columns of CB channels: even / odd[cc] = the sum over kernel rows u and
 // tap pairs m of the paired kernels at kernel_at(u, m) times the band words at
 // bands + cc * band + offset_at(u, m) (even columns) and one further on (odd columns). ``Masked``
-// (rows read in place, see rows_per_vector): only the words in mask_at(u, m, parity) are read, the
-// others are zero.
-template <int L, int64_t CB, bool Masked, typename KernelAt, typename OffsetAt, typename MaskAt>
+// (rows read in place, see rows_per_vector): only the words in cols[2m + parity] & rows_at(u) are
+// read (the columns of tap pair m's even or odd load, the rows of kernel row u inside the map),
+// the others are zero.
+template <int L, int64_t CB, bool Masked, typename KernelAt, typename OffsetAt, typename RowsAt>
 inline void dot_block(int64_t K, const uint16_t* bands, int64_t band, const KernelAt& kernel_at,
-                      const OffsetAt& offset_at, const MaskAt& mask_at, typename Simd<L>::f* even,
-                      typename Simd<L>::f* odd) {
+                      const OffsetAt& offset_at, const typename Simd<L>::mask* cols, const RowsAt& rows_at,
+                      typename Simd<L>::f* even, typename Simd<L>::f* odd) {
   using Vec = Simd<L>;
-  for (int64_t cc = 0; cc < CB; ++cc) even[cc] = odd[cc] = Vec::zero();
-  for (int64_t u = 0; u < K; ++u)
+  // Accumulated in local variables, stored to even / odd once: the intrinsic vector types may alias
+  // anything, so sums kept in the caller's arrays were stored and reloaded around every product.
+  typename Vec::f e[CB], o[CB];
+  for (int64_t cc = 0; cc < CB; ++cc) e[cc] = o[cc] = Vec::zero();
+  for (int64_t u = 0; u < K; ++u) {
+    const typename Vec::mask rows = rows_at(u);
     for (int64_t m = 0; m < K / 2 + K % 2; ++m) {
       const uint32_t* kp = kernel_at(u, m);
       const auto ke = Vec::load(kp), ko = Vec::load(kp + L);
       const uint16_t* words = bands + offset_at(u, m);
       if constexpr (Masked) {
-        const typename Vec::mask me = mask_at(u, m, 0), mo = mask_at(u, m, 1);
+        const typename Vec::mask me = cols[2 * m] & rows, mo = cols[2 * m + 1] & rows;
         for (int64_t cc = 0; cc < CB; ++cc) {
-          even[cc] = Vec::dp(even[cc], ke, Vec::load_masked(words + cc * band, me));
-          odd[cc] = Vec::dp(odd[cc], ko, Vec::load_masked(words + cc * band + 1, mo));
+          e[cc] = Vec::dp(e[cc], ke, Vec::load_masked(words + cc * band, me));
+          o[cc] = Vec::dp(o[cc], ko, Vec::load_masked(words + cc * band + 1, mo));
         }
       } else {
         for (int64_t cc = 0; cc < CB; ++cc) {  // past the block's channels: stale or zero values, never stored
-          even[cc] = Vec::dp(even[cc], ke, Vec::load(words + cc * band));
-          odd[cc] = Vec::dp(odd[cc], ko, Vec::load(words + cc * band + 1));
+          e[cc] = Vec::dp(e[cc], ke, Vec::load(words + cc * band));
+          o[cc] = Vec::dp(o[cc], ko, Vec::load(words + cc * band + 1));
         }
       }
     }
+  }
+  for (int64_t cc = 0; cc < CB; ++cc) even[cc] = e[cc], odd[cc] = o[cc];
 }
 
 constexpr int64_t kChannels = 8;  // channels per register block of forward and grad_input
@@ -230,7 +237,7 @@ constexpr int64_t kChannels = 8;  // channels per register block of forward and 
 // where whole rows fill a block of 2L columns (2L / Wo of them: 1 at 32 columns, 4 at 8) and lie
 // back to back (row stride W). Their words come straight from the tensor through masked loads,
 // which zero the words a row's window would take from its neighbours or from rows outside the map
-// (rows_masks, rows_between): the same zeros a padded band held, without copying the band. Small
+// (rows_masks, block_rows_inside): the same zeros a padded band held, without copying the band. Small
 // maps also stop leaving the lanes past Wo idle. 0: the padded band (other widths and strides).
 inline int64_t rows_per_vector(const Geometry& g, int L, int64_t rb, int64_t row_stride) {
   if (g.W != g.Wo || (2 * L) % g.Wo != 0 || row_stride != g.W || g.K >= 2 * L || g.gc % kChannels != 0) return 0;
@@ -254,11 +261,14 @@ std::vector<typename Simd<L>::mask> rows_masks(const Geometry& g, const Shift& s
   return masks;
 }
 
-// The words of a packed block whose rows (W words each) lie in [lo, hi) of the block's P rows.
+// The words of a block of P rows (W words each) from row y that lie in rows [0, h).
 template <int L>
-typename Simd<L>::mask rows_between(int64_t lo, int64_t hi, int64_t W) {
+inline typename Simd<L>::mask block_rows_inside(int64_t y, int64_t P, int64_t h, int64_t W) {
+  using mask = typename Simd<L>::mask;
+  if (y >= 0 && y + P <= h) return mask(~mask(0));  // all inside: most blocks
+  const int64_t lo = std::clamp<int64_t>(-y, 0, P), hi = std::clamp<int64_t>(h - y, 0, P);
   const uint64_t upto_hi = hi * W >= 64 ? ~uint64_t(0) : (uint64_t(1) << (hi * W)) - 1;
-  return typename Simd<L>::mask(upto_hi & ~((uint64_t(1) << (lo * W)) - 1));
+  return mask(upto_hi & ~((uint64_t(1) << (lo * W)) - 1));
 }
 
 template <int L>
@@ -277,6 +287,7 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
   if (P > 0) gk.Ho = g.Ho / P, gk.Wo = 2 * L;
   const std::vector<typename Vec::mask> masks =
       P > 0 ? rows_masks<L>(g, [&](int64_t m) { return low_tap(m, g.K) - g.pl; }) : std::vector<typename Vec::mask>();
+  const auto rows_inside = [&](int64_t y) { return block_rows_inside<L>(y, P, g.H, g.W); };
   // otherwise a band of x's rows, ``width`` words each, x's column q - pl at word q
   const int64_t M = g.K / 2 + g.K % 2, wq = round_up(gk.Wo, 2 * L), width = round_up(wq + g.K - 1, 32);
   const int64_t band = P > 0 ? 0 : g.band_rows(rb) * width;
@@ -296,36 +307,35 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
         const int64_t nc = std::min(CB, g.gc - c0);
         const uint16_t* xs = xd + b * xsb + (grp * g.gc + c0) * xsc;
         c10::BFloat16* os = od + (b * g.C + grp * g.gc + c0) * plane + i0 * g.Wo;
-        f even[CB], odd[CB];
         const auto kernel_at = [&](int64_t r, int64_t j0) {
           return [&, r, j0](int64_t u, int64_t m) { return &kbuf[((u * M + m) * nv + r) * wq + j0]; };
         };
-        const auto store = [&](int64_t r, int64_t j0) {  // in place: rows r * P .. r * P + P - 1, back to back
+        // in place: rows r * P .. r * P + P - 1, back to back (the accumulators are passed, not
+        // captured: captured, gcc kept them in memory)
+        const auto store = [&](int64_t r, int64_t j0, const f* even, const f* odd) {
           for (int64_t cc = 0; cc < nc; ++cc)
             Vec::store(even[cc], odd[cc], std::min<int64_t>(2 * L, gk.Wo - j0), os + cc * plane + r * gk.Wo + j0);
         };
         if (P > 0) {
           for (int64_t r = 0; r < nv; ++r) {
             const int64_t y0 = i0 - g.pt + r * P;  // the input row of kernel row 0 for the block's first row
+            f even[CB], odd[CB];
             dot_block<L, CB, true>(
                 g.K, xs, xsc, kernel_at(r, 0), [&](int64_t u, int64_t m) { return (y0 + u) * xsh + low_tap(m, g.K) - g.pl; },
-                [&](int64_t u, int64_t m, int64_t parity) {
-                  const int64_t y = y0 + u;
-                  return masks[2 * m + parity] & rows_between<L>(std::clamp<int64_t>(-y, 0, P), std::clamp<int64_t>(g.H - y, 0, P), g.W);
-                },
-                even, odd);
-            store(r, 0);
+                masks.data(), [&](int64_t u) { return rows_inside(y0 + u); }, even, odd);
+            store(r, 0, even, odd);
           }
         } else {
           for (int64_t cc = 0; cc < nc; ++cc)
             copy_band(xs + cc * xsc, xsh, g.H, g.W, i0 - g.pt, g.band_rows(n), g.pl, width, &xbuf[cc * band]);
           for (int64_t r = 0; r < n; ++r)
             for (int64_t j0 = 0; j0 < g.Wo; j0 += 2 * L) {
+              f even[CB], odd[CB];
               dot_block<L, CB, false>(
                   g.K, xbuf.data(), band, kernel_at(r, j0),
-                  [&](int64_t u, int64_t m) { return (r + u) * width + j0 + low_tap(m, g.K); },
-                  [](int64_t, int64_t, int64_t) { return typename Vec::mask(0); }, even, odd);
-              store(r, j0);
+                  [&](int64_t u, int64_t m) { return (r + u) * width + j0 + low_tap(m, g.K); }, nullptr,
+                  [](int64_t) { return typename Vec::mask(0); }, even, odd);
+              store(r, j0, even, odd);
             }
         }
         if (sd != nullptr)
@@ -367,10 +377,7 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
         const int64_t col = w % g.W + g.pl - v - 1 + high;
         if (col >= 0 && col < g.Wo) kernel_cols[2 * v + high] |= typename Vec::mask(1) << w;
       }
-  // the words of a block of P rows from output row i that lie inside the map
-  const auto rows_inside = [&](int64_t i) {
-    return rows_between<L>(std::clamp<int64_t>(-i, 0, P), std::clamp<int64_t>(g.Ho - i, 0, P), g.W);
-  };
+  const auto rows_inside = [&](int64_t i) { return block_rows_inside<L>(i, P, g.Ho, g.W); };
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> kbuf(g.K * M * (rb + span) * wq);
     std::vector<uint16_t> gbuf(CB * win);
@@ -421,11 +428,10 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
       for (int64_t c0 = 0; c0 < g.gc; c0 += CB) {
         const int64_t nc = std::min(CB, g.gc - c0);
         const uint16_t* gs = gd + (b * g.C + grp * g.gc + c0) * plane;
-        f even[CB], odd[CB];
         const auto kernel_at = [&](int64_t r, int64_t x0) {  // window row r + span - u holds kernel row u's output row
           return [&, r, x0](int64_t u, int64_t m) { return &kbuf[((u * M + m) * na + r + span - u) * wq + x0]; };
         };
-        const auto store = [&](int64_t r, int64_t x0) {  // in place: rows r .. r + P - 1, back to back
+        const auto store = [&](int64_t r, int64_t x0, f* even, f* odd) {  // in place: rows r .. r + P - 1, back to back
           const int64_t cols = std::min<int64_t>(2 * L, (P > 0 ? P * g.W : g.W) - x0);
           for (int64_t cc = 0; cc < nc; ++cc) {
             c10::BFloat16* dst = gxd + (b * g.C + grp * g.gc + c0 + cc) * g.H * g.W + (y0 + r) * g.W + x0;
@@ -440,23 +446,24 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
         };
         if (P > 0) {
           for (int64_t r = 0; r < ny; r += P) {
+            f even[CB], odd[CB];
             dot_block<L, CB, true>(
                 g.K, gs, plane, kernel_at(r, 0),
                 [&](int64_t u, int64_t m) { return (i0 + r + span - u) * g.Wo + g.pl - low_tap(m, g.K) - 1; },
-                [&](int64_t u, int64_t m, int64_t parity) { return masks[2 * m + parity] & rows_inside(i0 + r + span - u); },
-                even, odd);
-            store(r, 0);
+                masks.data(), [&](int64_t u) { return rows_inside(i0 + r + span - u); }, even, odd);
+            store(r, 0, even, odd);
           }
         } else {
           for (int64_t cc = 0; cc < nc; ++cc)  // window column e is output column e + pl - span
             copy_band(gs + cc * plane, g.Wo, g.Ho, g.Wo, i0, rows, span - g.pl, width, &gbuf[cc * win]);
           for (int64_t r = 0; r < ny; ++r)
             for (int64_t x0 = 0; x0 < g.W; x0 += 2 * L) {
+              f even[CB], odd[CB];
               dot_block<L, CB, false>(
                   g.K, gbuf.data(), win, kernel_at(r, x0),
-                  [&](int64_t u, int64_t m) { return (r + span - u) * width + x0 + span - low_tap(m, g.K) - 1; },
-                  [](int64_t, int64_t, int64_t) { return typename Vec::mask(0); }, even, odd);
-              store(r, x0);
+                  [&](int64_t u, int64_t m) { return (r + span - u) * width + x0 + span - low_tap(m, g.K) - 1; }, nullptr,
+                  [](int64_t) { return typename Vec::mask(0); }, even, odd);
+              store(r, x0, even, odd);
             }
         }
       }
@@ -531,8 +538,8 @@ void grad_kernels(const at::Tensor& go, const at::Tensor& x, at::Tensor& gk, con
               const uint32_t* xv = &xbuf[p * band + j0];
               for (int64_t k = 0; k < KT; ++k) acc[k] = Vec::dp(acc[k], gv, Vec::load(xv + off[k]));
             }
-            for (int64_t k = 0; k < nt; ++k)
-              Vec::store_cols(acc[k], std::min<int64_t>(L, g.Wo - j0), kg + (t0 + k) * plane + r * g.Wo + j0);
+            for (int64_t k = 0; k < KT; ++k)  // KT, not nt, bounds the loop: indexed at run time, acc was kept in memory
+              if (k < nt) Vec::store_cols(acc[k], std::min<int64_t>(L, g.Wo - j0), kg + (t0 + k) * plane + r * g.Wo + j0);
           }
         }
     }
