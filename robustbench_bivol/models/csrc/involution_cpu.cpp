@@ -245,19 +245,25 @@ inline int64_t rows_per_vector(const Geometry& g, int L, int64_t rb, int64_t row
   return g.Ho % p == 0 && rb % p == 0 ? p : 0;
 }
 
-// For packed rows: masks[2m + parity] marks the words of tap pair m's even (parity 0) or odd load
-// that lie in their lane's own row: word w belongs to block column 2 * (w / 2) + parity, i.e. column
-// j = that mod W of its row, and reads column j + shift(m) + w % 2 there (forward: shift(m) =
-// low_tap(m) - pl; input gradient: pl - low_tap(m) - 1).
+// The words w of a block (2L of them) whose column column_of(w) lies in [0, width).
+template <int L, typename ColumnOf>
+typename Simd<L>::mask words_inside(int64_t width, const ColumnOf& column_of) {
+  typename Simd<L>::mask mask = 0;
+  for (int64_t w = 0; w < 2 * L; ++w)
+    if (column_of(w) >= 0 && column_of(w) < width) mask |= typename Simd<L>::mask(1) << w;
+  return mask;
+}
+
+// For blocks read in place: masks[2m + parity] marks the words of tap pair m's even (parity 0) or
+// odd load that lie in their lane's own row: word w belongs to block column 2 * (w / 2) + parity,
+// i.e. column j = that mod W of its row, and reads column j + shift(m) + w % 2 there (forward:
+// shift(m) = low_tap(m) - pl; input gradient: pl - low_tap(m) - 1).
 template <int L, typename Shift>
 std::vector<typename Simd<L>::mask> rows_masks(const Geometry& g, const Shift& shift) {
   std::vector<typename Simd<L>::mask> masks(2 * (g.K / 2 + g.K % 2), 0);
   for (int64_t m = 0; m < g.K / 2 + g.K % 2; ++m)
     for (int64_t parity = 0; parity < 2; ++parity)
-      for (int64_t w = 0; w < 2 * L; ++w) {
-        const int64_t col = (2 * (w / 2) + parity) % g.W + shift(m) + w % 2;
-        if (col >= 0 && col < g.W) masks[2 * m + parity] |= typename Simd<L>::mask(1) << w;
-      }
+      masks[2 * m + parity] = words_inside<L>(g.W, [&](int64_t w) { return (2 * (w / 2) + parity) % g.W + shift(m) + w % 2; });
   return masks;
 }
 
@@ -310,8 +316,7 @@ void forward(const at::Tensor& x, const at::Tensor& k, at::Tensor& out, const Ge
         const auto kernel_at = [&](int64_t r, int64_t j0) {
           return [&, r, j0](int64_t u, int64_t m) { return &kbuf[((u * M + m) * nv + r) * wq + j0]; };
         };
-        // in place: rows r * P .. r * P + P - 1, back to back (the accumulators are passed, not
-        // captured: captured, gcc kept them in memory)
+        // in place: rows r * P .. r * P + P - 1, back to back
         const auto store = [&](int64_t r, int64_t j0, const f* even, const f* odd) {
           for (int64_t cc = 0; cc < nc; ++cc)
             Vec::store(even[cc], odd[cc], std::min<int64_t>(2 * L, gk.Wo - j0), os + cc * plane + r * gk.Wo + j0);
@@ -372,11 +377,8 @@ void grad_input(const at::Tensor& go, const at::Tensor& k, at::Tensor& gx, const
   // [0, Wo) for shift -v - 1 + pl (tap v + 1, the low word) and -v + pl (tap v)
   std::vector<typename Vec::mask> kernel_cols(2 * g.K, 0);
   for (int64_t v = 0; P > 0 && v < g.K; ++v)
-    for (int64_t w = 0; w < 2 * L; ++w)
-      for (int64_t high = 0; high < 2; ++high) {
-        const int64_t col = w % g.W + g.pl - v - 1 + high;
-        if (col >= 0 && col < g.Wo) kernel_cols[2 * v + high] |= typename Vec::mask(1) << w;
-      }
+    for (int64_t high = 0; high < 2; ++high)
+      kernel_cols[2 * v + high] = words_inside<L>(g.Wo, [&](int64_t w) { return w % g.W + g.pl - v - 1 + high; });
   const auto rows_inside = [&](int64_t i) { return block_rows_inside<L>(i, P, g.Ho, g.W); };
   at::parallel_for(0, g.B * g.G * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> kbuf(g.K * M * (rb + span) * wq);
