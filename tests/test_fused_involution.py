@@ -111,9 +111,9 @@ def test_bfloat16_within_tolerance(k, stride, gc):
     (16, 1, 32, 32, 3, 1, 1, 32, 32),  # bivol_resnet20's first stage (AVX512-BF16: 16-lane vectors)
     (32, 2, 16, 16, 3, 1, 1, 16, 16),  # its second (two rows packed in a vector)
     (64, 4, 8, 8, 3, 1, 1, 8, 8),      # its third (four rows packed in a vector)
-    (16, 2, 4, 4, 7, 3, 3, 4, 4),      # eight rows packed, taps past both ends of a row
-    (8, 2, 8, 8, 3, 1, 2, 8, 8),       # packed rows, asymmetric padding
-    (4, 1, 72, 8, 5, 2, 2, 72, 8),     # packed rows in two row blocks (64 + 8)
+    (16, 2, 4, 4, 7, 3, 3, 4, 4),      # four rows packed (8-lane vectors), taps past both ends of a row
+    (16, 2, 8, 8, 3, 1, 2, 8, 8),      # packed rows, asymmetric padding
+    (8, 1, 72, 8, 5, 2, 2, 72, 8),     # packed rows in two row blocks (64 + 8)
     (8, 2, 7, 9, 3, 1, 1, 7, 9),       # partial vectors
     (12, 3, 5, 17, 7, 3, 3, 5, 17),    # K = 7
     (6, 3, 10, 33, 5, 2, 2, 10, 33),   # odd channels per group (grad_kernels pairs channels)
